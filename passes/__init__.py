@@ -1,0 +1,21 @@
+"""Graph passes: pure functions from a Dynamo ``fx.GraphModule`` to a plan.
+
+``find_blocks`` finds the repeated transformer-block stacks and assigns every
+node to the prologue, one block, or the epilogue; ``partition`` cuts the graph
+there into segment GraphModules with named boundary (cut) values;
+``find_batch_inputs`` tells which graph inputs carry the batch dimension, so
+the runtime can run a sub-batch.  None of them keeps state.
+"""
+
+from speca_compile.passes.find_blocks import BlockPlan, find_blocks
+from speca_compile.passes.partition import Segment, SpeculativeProgram, partition
+from speca_compile.passes.batch_inputs import find_batch_inputs
+
+__all__ = [
+    "BlockPlan",
+    "find_blocks",
+    "Segment",
+    "SpeculativeProgram",
+    "partition",
+    "find_batch_inputs",
+]

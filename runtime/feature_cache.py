@@ -1,0 +1,85 @@
+"""The cached features of one trajectory, grouped around the verify block.
+
+Default memory layout (DESIGN.md): O(order) state-sized tensors per sample
+for the whole stack, not O(depth x order).  With verify block v among L:
+
+* ``prefix``: state at cut v  relative to the stream input (cut 0), v > 0;
+* ``verify``: state at cut v+1 relative to cut v (the verify block's residual);
+* ``rest``:   state at cut L  relative to cut v+1, v < L-1.
+
+A feature is the residual ``target - base`` when every target stream has a
+base stream of the same shape (the residual a stack of blocks adds to its
+streams; streams are paired by shape, since two stacks may list them in
+different orders), else the raw target (e.g. when a stack merges streams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from speca_compile.runtime.forecaster import Feature, make_forecaster
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureGroup:
+    """A forecast target: the state at cut ``target`` given the state at cut ``base``."""
+
+    name: str
+    base: int
+    target: int
+
+
+def feature_groups(verify_unit: int, num_units: int) -> Tuple[FeatureGroup, ...]:
+    groups = []
+    if verify_unit > 0:
+        groups.append(FeatureGroup("prefix", 0, verify_unit))
+    groups.append(FeatureGroup("verify", verify_unit, verify_unit + 1))
+    if verify_unit + 1 < num_units:
+        groups.append(FeatureGroup("rest", verify_unit + 1, num_units))
+    return tuple(groups)
+
+
+def residual_pairing(target: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> Optional[Tuple[int, ...]]:
+    """For each target stream, the index of the base stream it is a residual of; None if unpaired."""
+    if len(target) != len(base):
+        return None
+    unused = list(range(len(base)))
+    pairing = []
+    for t in target:
+        match = next((i for i in unused if base[i].shape == t.shape), None)
+        if match is None:
+            return None
+        unused.remove(match)
+        pairing.append(match)
+    return tuple(pairing)
+
+
+class FeatureCache:
+    """One forecaster per feature group, all samples of one trajectory."""
+
+    def __init__(self, groups: Sequence[FeatureGroup], forecaster: str, order: int, batch_size: int):
+        self.groups = {g.name: g for g in groups}
+        self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size) for g in groups}
+
+    def update(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
+        """Cache the full-step state of samples ``index`` (``cuts`` maps cut -> values)."""
+        for name, group in self.groups.items():
+            target, base = cuts[group.target], cuts[group.base]
+            pairing = residual_pairing(target, base)
+            feature = (tuple(t - base[i] for t, i in zip(target, pairing))
+                       if pairing is not None else tuple(target))
+            self.forecasters[name].update(index, times, feature)
+
+    def predict(self, name: str, index: torch.Tensor, times: torch.Tensor, base: Feature) -> Feature:
+        """Forecast the target state of group ``name`` given its (exact or forecast) base."""
+        feature = self.forecasters[name].predict(index, times)
+        pairing = residual_pairing(feature, base)
+        if pairing is not None:
+            return tuple(base[i] + f for f, i in zip(feature, pairing))
+        return feature
+
+    def nbytes(self) -> int:
+        return sum(f.nbytes() for f in self.forecasters.values())

@@ -1,0 +1,120 @@
+"""Forecasters: predict a cached feature at a new timestep from full steps.
+
+``TaylorForecaster`` is TaylorSeer's Taylor expansion done right for
+non-uniform schedules: it keeps, per sample, the Newton divided differences
+f[t_n], f[t_n, t_{n-1}], ..., f[t_n, ..., t_{n-k}] over the *actual timestep
+values* of the last ``order + 1`` full steps, and predicts
+
+    f(t) ~= sum_k f[t_n .. t_{n-k}] * prod_{j<k} (t - t_{n-j})
+
+(TaylorSeer, arXiv 2503.06923; SpeCa, arXiv 2509.11628).  The official code
+divides every difference by the last step gap, which is only right for
+uniform gaps; with divided differences a polynomial of degree <= order is
+reproduced exactly on any spacing.  A sample with fewer cached steps uses
+the order its history supports.
+
+Features are tuples of tensors (one per stream), batch first.  Samples are
+independent: updates and predictions take the sample indices they concern.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+Feature = Tuple[torch.Tensor, ...]
+
+
+class Forecaster:
+    """Interface: ``update`` at full steps, ``predict`` at speculative ones."""
+
+    def update(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
+        raise NotImplementedError
+
+    def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+
+class TaylorForecaster(Forecaster):
+    """Per-sample Newton divided differences of one feature, ``order + 1`` terms."""
+
+    def __init__(self, order: int, batch_size: int):
+        self.terms = order + 1
+        self.batch_size = batch_size
+        # times[s, j]: timestep of sample s's j-th newest full step.
+        self.times = torch.zeros(batch_size, self.terms, dtype=torch.float64)
+        self.count = torch.zeros(batch_size, dtype=torch.long)
+        self.diffs: Optional[List[List[torch.Tensor]]] = None  # diffs[k][stream]: [B, ...]
+
+    def update(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
+        """Add a full-step feature for samples ``index`` at ``times`` (one per sample)."""
+        value = tuple(v.detach() for v in value)
+        if self.diffs is None:
+            self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
+                           for v in value] for _ in range(self.terms)]
+        times = times.to(torch.float64)
+        old_times = self.times[index]
+        count = self.count[index]
+        if bool(((old_times[:, 0] == times) & (count > 0)).any()):
+            raise ValueError("a full step was cached twice at the same timestep")
+        new = [list(value)]
+        for k in range(1, self.terms):
+            gap = (times - old_times[:, k - 1])
+            valid = count >= k
+            gap = torch.where(valid, gap, torch.ones_like(gap))
+            row = []
+            for s, e_prev in enumerate(new[k - 1]):
+                d_prev = self.diffs[k - 1][s][index]
+                scale = _per_sample(valid.to(e_prev.dtype) / gap.to(e_prev.dtype), e_prev)
+                row.append((e_prev - d_prev) * scale.to(e_prev.device))
+            new.append(row)
+        for k in range(self.terms):
+            for s in range(len(value)):
+                self.diffs[k][s][index] = new[k][s]
+        self.times[index] = torch.cat([times[:, None], old_times[:, :-1]], dim=1)
+        self.count[index] = torch.clamp(count + 1, max=self.terms)
+
+    def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Newton basis weights [len(index), terms]; zero beyond a sample's history."""
+        times = times.to(torch.float64)
+        hist = self.times[index]
+        count = self.count[index]
+        w = torch.ones(len(index), self.terms, dtype=torch.float64)
+        for k in range(1, self.terms):
+            w[:, k] = w[:, k - 1] * (times - hist[:, k - 1])
+        usable = torch.arange(self.terms)[None, :] < count[:, None]
+        return torch.where(usable, w, torch.zeros_like(w))
+
+    def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
+        if self.diffs is None or bool((self.count[index] == 0).any()):
+            raise RuntimeError("forecast requested for a sample with no cached full step")
+        w = self.weights(index, times)
+        out = []
+        for s in range(len(self.diffs[0])):
+            acc = None
+            for k in range(self.terms):
+                term = self.diffs[k][s][index] * _per_sample(w[:, k].to(self.diffs[k][s].dtype), self.diffs[k][s]).to(self.diffs[k][s].device)
+                acc = term if acc is None else acc + term
+            out.append(acc)
+        return tuple(out)
+
+    def nbytes(self) -> int:
+        if self.diffs is None:
+            return 0
+        return sum(t.numel() * t.element_size() for row in self.diffs for t in row)
+
+
+def make_forecaster(kind: str, order: int, batch_size: int) -> Forecaster:
+    """The forecaster named by the ``forecaster`` option."""
+    if kind == "taylor":
+        return TaylorForecaster(order, batch_size)
+    raise ValueError(f"unknown forecaster {kind!r}")
+
+
+def _per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a [b] vector to broadcast over a [b, ...] tensor."""
+    return scale.reshape((-1,) + (1,) * (like.dim() - 1))

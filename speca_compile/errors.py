@@ -1,0 +1,17 @@
+"""Error types raised by speca-compile.
+
+One base class so callers can catch everything we raise deliberately, and
+subclasses that say which stage failed (options, graph analysis, runtime).
+"""
+
+
+class SpecaError(Exception):
+    """Base class of every error speca-compile raises on purpose."""
+
+
+class OptionsError(SpecaError, ValueError):
+    """An option key or value is invalid; the message lists what is valid."""
+
+
+class GraphAnalysisError(SpecaError):
+    """The Dynamo graph could not be analysed the way the options ask."""

@@ -1,0 +1,140 @@
+"""The option set of the ``speca`` backend, parsed and validated in one place.
+
+Every option the backend, the passes and the runtime read lives in the frozen
+``Options`` dataclass.  ``Options.parse`` turns the user's ``options={...}``
+dict into it and rejects unknown keys and out-of-range values with an error
+that names the key and lists what is valid, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+from speca_compile.errors import OptionsError
+
+FORECASTERS = ("taylor",)
+ERROR_METRICS = ("rel_l2", "rel_l1")
+ON_REJECT = ("recompute", "defer")
+LOWERINGS = ("eager",)
+PLANNED_LOWERINGS = ("inductor", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Validated settings of one compiled model.
+
+    Defaults follow the official SpeCa DiT setting (order, min/max
+    speculative) with a gentler threshold decay (``beta``): the official
+    ``beta=0.01`` makes the last steps nearly always full (DESIGN.md, facts
+    measured here).
+    """
+
+    speculate: bool = True
+    forecaster: str = "taylor"
+    order: int = 2
+    tau0: float = 0.1
+    beta: float = 0.3
+    warmup: int = 3
+    min_speculative: int = 2
+    max_speculative: int = 5
+    verify_block: int = -1
+    error_metric: str = "rel_l2"
+    on_reject: str = "recompute"
+    lowering: str = "eager"
+    precision: str = "fp32"
+    timestep_input: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+    @classmethod
+    def parse(cls, options: Optional[Mapping[str, Any]]) -> "Options":
+        """Build validated ``Options`` from a user dict (``None`` = defaults)."""
+        if options is None:
+            return cls()
+        if isinstance(options, Options):
+            return options
+        if not isinstance(options, Mapping):
+            raise OptionsError(
+                f"options must be a dict, got {type(options).__name__}; "
+                f"valid keys: {', '.join(valid_keys())}"
+            )
+        unknown = sorted(k for k in options if k not in valid_keys())
+        if unknown:
+            raise OptionsError(
+                f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(valid_keys())}"
+            )
+        result = cls(**dict(options))
+        result.validate()
+        return result
+
+    def replace(self, **changes: Any) -> "Options":
+        """A validated copy with some fields changed."""
+        return Options.parse({**dataclasses.asdict(self), **changes})
+
+    def validate(self) -> None:
+        """Raise ``OptionsError`` naming the first invalid value."""
+        _check_type("speculate", self.speculate, bool)
+        _check_choice("forecaster", self.forecaster, FORECASTERS)
+        _check_int("order", self.order, 0, 8)
+        _check_real("tau0", self.tau0, 0.0, math.inf)
+        _check_real("beta", self.beta, 0.0, 1.0, low_open=True)
+        _check_int("warmup", self.warmup, 1, None)
+        _check_int("min_speculative", self.min_speculative, 0, None)
+        _check_int("max_speculative", self.max_speculative, 1, None)
+        if self.min_speculative > self.max_speculative:
+            raise OptionsError(
+                f"min_speculative ({self.min_speculative}) must not exceed "
+                f"max_speculative ({self.max_speculative})"
+            )
+        _check_type("verify_block", self.verify_block, int)
+        _check_choice("error_metric", self.error_metric, ERROR_METRICS)
+        _check_choice("on_reject", self.on_reject, ON_REJECT)
+        if self.lowering in PLANNED_LOWERINGS:
+            raise OptionsError(
+                f"lowering={self.lowering!r} is not implemented yet; "
+                f"valid: {', '.join(map(repr, LOWERINGS))}"
+            )
+        _check_choice("lowering", self.lowering, LOWERINGS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.timestep_input is not None:
+            _check_type("timestep_input", self.timestep_input, str)
+        if self.cache_dir is not None:
+            _check_type("cache_dir", self.cache_dir, str)
+
+
+def valid_keys() -> tuple:
+    """The option names, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(Options))
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    # bool is an int subclass: an int option must not accept True/False.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise OptionsError(f"option {name!r} must be {kind.__name__}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise OptionsError(
+            f"option {name!r} got {value!r}; valid: {', '.join(map(repr, choices))}"
+        )
+
+
+def _check_int(name: str, value: Any, low: int, high: Optional[int]) -> None:
+    _check_type(name, value, int)
+    if value < low or (high is not None and value > high):
+        span = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise OptionsError(f"option {name!r} got {value}; valid range {span}")
+
+
+def _check_real(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise OptionsError(f"option {name!r} must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        left = "(" if low_open else "["
+        raise OptionsError(f"option {name!r} got {value}; valid range {left}{low}, {high}]")

@@ -1,0 +1,125 @@
+"""Tiny, randomly initialised diffusers DiTs with matching inputs.
+
+Used by the tests, ``speca inspect`` and smoke benchmarks to cover every
+architecture family the backend must partition (DiT, PixArt, SD3, Flux)
+without downloading anything.  Random weights say nothing about quality;
+the trained reference models do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict
+
+import torch
+
+
+@dataclasses.dataclass
+class ZooModel:
+    """A model, how to build its inputs, and how to call it in a sampler."""
+
+    name: str
+    model: torch.nn.Module
+    kind: str                       # "ddim" or "flow"
+    make_inputs: Callable[[int, int], Dict]   # (batch, seed) -> kwargs without latents/timestep
+    latent_shape: Callable[[int], tuple]      # batch -> latent shape
+    call: Callable                  # (model, latents, t, extra) -> prediction tensor
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out.sample
+
+
+def tiny_dit(seed: int = 0, layers: int = 3) -> ZooModel:
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                  out_channels=8, num_layers=layers, sample_size=8, patch_size=2,
+                                  num_embeds_ada_norm=10, norm_type="ada_norm_zero").eval()
+
+    def make_inputs(batch, s):
+        g = torch.Generator().manual_seed(s)
+        return {"class_labels": torch.randint(0, 10, (batch,), generator=g)}
+
+    def call(m, x, t, extra):
+        ts = torch.full((x.shape[0],), t)
+        return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
+
+    return ZooModel("dit", model, "ddim", make_inputs, lambda b: (b, 4, 8, 8), call)
+
+
+def tiny_pixart(seed: int = 0, layers: int = 3) -> ZooModel:
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                     out_channels=8, num_layers=layers, cross_attention_dim=16,
+                                     sample_size=8, patch_size=2, caption_channels=16,
+                                     use_additional_conditions=False).eval()
+
+    def make_inputs(batch, s):
+        g = torch.Generator().manual_seed(s)
+        return {"encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
+                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+    def call(m, x, t, extra):
+        ts = torch.full((x.shape[0],), t)
+        return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
+
+    return ZooModel("pixart", model, "ddim", make_inputs, lambda b: (b, 4, 8, 8), call)
+
+
+def tiny_sd3(seed: int = 0, layers: int = 3) -> ZooModel:
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=layers,
+                                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                  caption_projection_dim=16, pooled_projection_dim=16,
+                                  out_channels=4, pos_embed_max_size=16).eval()
+
+    def make_inputs(batch, s):
+        g = torch.Generator().manual_seed(s)
+        return {"encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
+                "pooled_projections": torch.randn(batch, 16, generator=g)}
+
+    def call(m, x, t, extra):
+        ts = torch.full((x.shape[0],), t * 1000.0)
+        return _first(m(x, timestep=ts, return_dict=False, **extra))
+
+    return ZooModel("sd3", model, "flow", make_inputs, lambda b: (b, 4, 8, 8), call)
+
+
+def tiny_flux(seed: int = 0, layers: int = 2, single_layers: int = 2) -> ZooModel:
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=layers,
+                                   num_single_layers=single_layers, attention_head_dim=8,
+                                   num_attention_heads=2, joint_attention_dim=16,
+                                   pooled_projection_dim=16, axes_dims_rope=(4, 2, 2)).eval()
+    tokens, text = 16, 4
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0),
+                                         indexing="ij"), -1).reshape(tokens, 3)
+
+    def make_inputs(batch, s):
+        g = torch.Generator().manual_seed(s)
+        return {"encoder_hidden_states": torch.randn(batch, text, 16, generator=g),
+                "pooled_projections": torch.randn(batch, 16, generator=g),
+                "img_ids": img_ids, "txt_ids": torch.zeros(text, 3)}
+
+    def call(m, x, t, extra):
+        ts = torch.full((x.shape[0],), t)
+        return _first(m(x, timestep=ts, return_dict=False, **extra))
+
+    return ZooModel("flux", model, "flow", make_inputs, lambda b: (b, tokens, 16), call)
+
+
+BUILDERS = {"dit": tiny_dit, "pixart": tiny_pixart, "sd3": tiny_sd3, "flux": tiny_flux}
+
+
+def build(name: str, **kwargs) -> ZooModel:
+    if name not in BUILDERS:
+        raise ValueError(f"unknown zoo model {name!r}; valid: {', '.join(BUILDERS)}")
+    return BUILDERS[name](**kwargs)
