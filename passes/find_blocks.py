@@ -127,7 +127,8 @@ def _select_stacks(nodes: List[fx.Node], owner: dict) -> List[str]:
         if owner[n]:
             prefix, index, cls = owner[n]
             per_prefix[prefix][index] += 1
-            classes[prefix].add(cls)
+            if cls:
+                classes[prefix].add(cls)
     chosen = []
     for prefix, counts in per_prefix.items():
         indices = sorted(counts)

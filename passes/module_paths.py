@@ -43,9 +43,18 @@ def module_chain(node: fx.Node) -> List[Tuple[str, str]]:
 
 
 def block_of(node: fx.Node) -> Optional[Tuple[str, int, str]]:
-    """``(stack_prefix, index, class_name)`` of the outermost list entry at ``node``."""
-    for path, cls in module_chain(node):
-        head, _, last = path.rpartition(".")
-        if head and last.isdigit():
-            return head, int(last), cls
+    """``(stack_prefix, index, entry_class)`` of the outermost list entry at ``node``.
+
+    A path such as ``transformer_blocks.0.norm1.emb`` (a block's submodule
+    called from outside the block) is attributed to ``transformer_blocks.0``
+    too; its class is then unknown (``""``).
+    """
+    chain = module_chain(node)
+    classes = dict(chain)
+    for path, _ in chain:
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if i > 0 and part.isdigit():
+                prefix = ".".join(parts[:i])
+                return prefix, int(part), classes.get(f"{prefix}.{part}", "")
     return None

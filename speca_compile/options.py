@@ -95,7 +95,7 @@ class Options:
         _check_choice("on_reject", self.on_reject, ON_REJECT)
         if self.lowering in PLANNED_LOWERINGS:
             raise OptionsError(
-                f"lowering={self.lowering!r} is not implemented yet; "
+                f"option 'lowering' got {self.lowering!r}, which is not implemented yet; "
                 f"valid: {', '.join(map(repr, LOWERINGS))}"
             )
         _check_choice("lowering", self.lowering, LOWERINGS)
