@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 
 from speca_compile.passes.partition import SpeculativeProgram
 
@@ -75,7 +75,9 @@ def find_batch_inputs(gm: fx.GraphModule, example_inputs: Sequence, program: Spe
 
 def _to_fake(mode: FakeTensorMode, value):
     if isinstance(value, torch.Tensor):
-        return mode.from_tensor(value)
+        # 0-d constants stay real: graphs call .item() on them (Flux's rope theta),
+        # which a fake tensor cannot answer.
+        return value if value.dim() == 0 and not value.requires_grad else mode.from_tensor(value)
     hint = concrete_int(value)
     return hint if hint is not None else value
 
@@ -112,12 +114,22 @@ def _probe(gm, mode, base, subset, batch, batched_outputs) -> bool:
                 inputs[i] = batch + 1
         try:
             with torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):
-                result = fx.Interpreter(gm).run(*inputs)
+                result = _ProbeInterpreter(gm).run(*inputs)
         except Exception:  # a wrong set fails shape checks; that is the signal
             return False
     leaves = _flatten(result)
     return all(isinstance(leaves[p], torch.Tensor) and leaves[p].shape[0] == batch + 1
                for p in batched_outputs)
+
+
+class _ProbeInterpreter(fx.Interpreter):
+    """Runs the graph on fake tensors, but reads real 0-d constants for real."""
+
+    def call_method(self, target, args, kwargs):
+        if target == "item" and isinstance(args[0], torch.Tensor) and not isinstance(args[0], FakeTensor):
+            with unset_fake_temporarily():
+                return args[0].item()
+        return super().call_method(target, args, kwargs)
 
 
 @contextlib.contextmanager

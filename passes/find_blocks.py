@@ -19,6 +19,7 @@ import dataclasses
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
+import torch
 from torch import fx
 
 from speca_compile.passes.module_paths import block_of
@@ -102,11 +103,14 @@ def find_blocks(gm: fx.GraphModule) -> BlockPlan:
             k += 1
         key = owner[n] and owner[n][:2]
         reads_region = any(a in in_region for a in n.all_input_nodes)
-        if unit_index.get(key) == k or reads_region:
+        if reads_region or (unit_index.get(key) == k and not _is_scalar(n)):
             assignment[n.name] = k
             in_region.add(n)
         else:
-            assignment[n.name] = PROLOGUE  # hoisted: reads nothing the blocks made
+            # hoisted: reads nothing the blocks made.  Scalars (the symbolic
+            # sizes of dynamic-shape graphs) go too, whatever block they came
+            # from, or a forecast step that skips the block would lack them.
+            assignment[n.name] = PROLOGUE
     stack_list = []
     for prefix, _ in units:
         if not stack_list or stack_list[-1][0] != prefix:
@@ -117,6 +121,12 @@ def find_blocks(gm: fx.GraphModule) -> BlockPlan:
         units=tuple(f"{p}.{i}" for p, i in units),
         assignment=assignment,
     )
+
+
+def _is_scalar(node: fx.Node) -> bool:
+    """True for nodes computing a Python/symbolic number, not a tensor."""
+    value = node.meta.get("example_value")
+    return isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
 
 
 def _select_stacks(nodes: List[fx.Node], owner: dict) -> List[str]:
