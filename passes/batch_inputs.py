@@ -70,6 +70,10 @@ def find_batch_inputs(gm: fx.GraphModule, example_inputs: Sequence, program: Spe
             if _probe(gm, mode, base, subset, batch, batched_outputs):
                 names = [program.placeholders[i] for i in subset]
                 return tuple(subset), f"batched inputs: {', '.join(names)}"
+    if isinstance(program.batch_size, int):
+        return None, (f"the graph has a static batch size ({batch}): a sub-batch of samples runs "
+                      "as the whole batch with its rows kept; compile with dynamic=True to run "
+                      "only the samples that need it")
     return None, "no candidate set of inputs grows the batch consistently"
 
 

@@ -40,7 +40,7 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
     runner = Runner(program, engines, settings, batch_inputs, timestep_index, reason, notes)
     module_state = [v for name, v in zip(program.placeholders, example_inputs)
                     if name not in program.user_inputs]
-    registry.register(runner, module_state)
+    registry.register(runner, module_state, options)
     return runner
 
 

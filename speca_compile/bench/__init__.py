@@ -1,0 +1,1 @@
+"""``speca bench``: speed and quality of speculation, measured in one process."""

@@ -1,0 +1,57 @@
+"""The ``speca`` command: inspect prints the partition, bench writes honest rows."""
+
+import json
+import math
+
+import torch
+
+import speca_compile
+from speca_compile import cli
+from tests import helpers
+
+
+def test_inspect_prints_blocks_segments_and_cuts(capsys):
+    assert cli.main(["inspect", "flux"]) == 0
+    out = capsys.readouterr().out
+    assert "4 blocks in 2 stack(s): transformer_blocks x2, single_transformer_blocks x2" in out
+    assert "segment block_3:single_transformer_blocks.1" in out
+    assert "cut 4" in out and "speculation: possible" in out
+
+
+def test_bench_rows_are_consistent(tmp_path, capsys):
+    code = cli.main(["bench", "--models", "dit", "--steps", "8", "--batch", "1", "--repeats", "1",
+                     "--tau0", "0,1e30", "--out", str(tmp_path)])
+    assert code == 0
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert list(rows) == ["eager", "speca full (speculate=False)", "speca tau0=0", "speca tau0=1e+30"]
+    assert rows["eager"]["speedup"] == 1.0 and math.isinf(rows["eager"]["psnr_db"])
+    assert rows["speca full (speculate=False)"]["full_fraction"] == 1.0
+    assert rows["speca full (speculate=False)"]["rel_l2"] < 1e-5
+    # 8 steps: warmup 3, then SSR SS (tau0=0) or SSAAA (always accepted)
+    assert rows["speca tau0=0"]["full_fraction"] == 4 / 8
+    assert rows["speca tau0=1e+30"]["full_fraction"] == 3 / 8
+    assert rows["speca tau0=1e+30"]["rel_l2"] > 0
+    assert "| dit | eager |" in (tmp_path / "bench.md").read_text()
+    assert payload["command"].startswith("speca bench --models dit")
+
+
+def test_bench_rejects_bad_arguments(tmp_path):
+    for bad in (["--models", "nope"], ["--tau0", "x"], ["--steps", "0"]):
+        try:
+            cli.main(["bench", *bad, "--out", str(tmp_path)])
+        except SystemExit as exc:
+            assert exc.code != 0 and exc.code is not None
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def test_two_compiles_of_one_model_keep_separate_stats():
+    z = helpers.build("reference_dit")
+    full = torch.compile(z.model, backend="speca", options={"speculate": False})
+    spec = torch.compile(z.model, backend="speca", options={"tau0": 1e30})
+    helpers.trajectory(z, full, 2, 10)
+    helpers.trajectory(z, spec, 2, 10)
+    assert speca_compile.stats(full)["trajectories"][-1]["full"] == 20
+    assert speca_compile.stats(spec)["trajectories"][-1]["full"] == 2 * (3 + 1)
+    assert len(speca_compile.stats(z.model)["per_graph"]) == 2  # the plain module sees both
