@@ -8,6 +8,7 @@ do, so the runtime sees real trajectories.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, List
 
 import torch
@@ -19,6 +20,7 @@ def ddim_timesteps(steps: int, train_steps: int = 1000) -> List[int]:
     return [int(t) for t in (torch.arange(steps - 1, -1, -1) * ratio + 1).tolist()]
 
 
+@functools.lru_cache(maxsize=4)
 def alphas_cumprod(train_steps: int = 1000) -> torch.Tensor:
     betas = torch.linspace(1e-4, 0.02, train_steps, dtype=torch.float64)
     return torch.cumprod(1 - betas, 0)
@@ -31,6 +33,15 @@ def flow_sigmas(steps: int, shift: float = 3.0) -> List[float]:
     return [float(s) for s in shifted]
 
 
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, t: int, t_next) -> torch.Tensor:
+    """One deterministic DDIM update from timestep ``t`` to ``t_next`` (``None``: to clean)."""
+    abar = alphas_cumprod()
+    a_t = abar[t].to(x.dtype)
+    a_prev = (abar[t_next] if t_next is not None else torch.tensor(1.0, dtype=torch.float64)).to(x.dtype)
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
 def denoise(model_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor,
             steps: int, kind: str) -> torch.Tensor:
     """Run a whole trajectory. ``model_fn(x, t)`` returns eps (ddim) or velocity (flow).
@@ -39,14 +50,9 @@ def denoise(model_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torc
     """
     x = noise
     if kind == "ddim":
-        abar = alphas_cumprod()
         ts = ddim_timesteps(steps)
         for i, t in enumerate(ts):
-            a_t = abar[t].to(x.dtype)
-            a_prev = (abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)).to(x.dtype)
-            eps = model_fn(x, float(t))
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            x = ddim_step(x, model_fn(x, float(t)), t, ts[i + 1] if i + 1 < len(ts) else None)
         return x
     if kind == "flow":
         sigmas = flow_sigmas(steps)

@@ -58,15 +58,12 @@ def test_cfg_branches_called_separately_keep_separate_state():
     noise_a, noise_b = helpers.noise_for(z, 2, 1), helpers.noise_for(z, 2, 2)
     compiled = torch.compile(z.model, backend="speca")
     xs = {"a": noise_a, "b": noise_b}
-    abar = sampling.alphas_cumprod()
     ts = sampling.ddim_timesteps(30)
     with torch.no_grad():
         for i, t in enumerate(ts):
             for key, extra in (("a", cond), ("b", uncond)):
                 eps = z.call(compiled, xs[key], float(t), extra)
-                a_t, a_prev = abar[t].float(), (abar[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0))
-                x0 = (xs[key] - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-                xs[key] = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+                xs[key] = sampling.ddim_step(xs[key], eps, t, ts[i + 1] if i + 1 < len(ts) else None)
     stats = speca_compile.stats(compiled)
     assert [t["steps"] for t in stats["trajectories"]] == [30, 30]
     speca_compile.reset(compiled)
