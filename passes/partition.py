@@ -24,7 +24,9 @@ from torch import fx
 
 from speca_compile.passes.find_blocks import EPILOGUE, PROLOGUE, BlockPlan
 
-_MODULE_STATE_PREFIXES = ("l_self_", "L_self_", "self_")
+# parameters and buffers (``l_self_...``) and module-level constant tensors that
+# Dynamo lifts as graph inputs (``g_...``, e.g. a function's default tensor)
+_MODULE_STATE_PREFIXES = ("l_self_", "L_self_", "self_", "g_", "G_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +101,7 @@ class SpeculativeProgram:
 
 
 def is_module_state(node: fx.Node) -> bool:
-    """True for placeholders that hold parameters or buffers, not user inputs."""
+    """True for placeholders that hold parameters, buffers or lifted constants, not user inputs."""
     value = node.meta.get("example_value")
     if isinstance(value, torch.nn.Parameter):
         return True

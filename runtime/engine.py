@@ -17,6 +17,7 @@ class Engine:
     """Runs one segment."""
 
     name = "engine"
+    info: Dict[str, object] = {}   # what the engine reports in stats (build time, cache)
 
     def run(self, inputs: Sequence) -> List:
         raise NotImplementedError
@@ -28,4 +29,11 @@ def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
         from speca_compile.runtime.eager_engine import EagerEngine
 
         return {seg.name: EagerEngine(seg) for seg in program.segments}
+    if options.lowering == "onnxruntime":
+        from speca_compile.runtime.engine_cache import EngineCache
+        from speca_compile.runtime.onnxruntime_engine import OnnxRuntimeEngine, import_onnxruntime
+
+        import_onnxruntime()  # a missing package fails at compile time, naming the extra
+        cache = EngineCache(options.cache_dir)
+        return {seg.name: OnnxRuntimeEngine(seg, options, cache) for seg in program.segments}
     raise ValueError(f"lowering {options.lowering!r} is not available")

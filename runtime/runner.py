@@ -238,6 +238,7 @@ class Runner:
             "lowering": self.options.lowering,
             "calls": self.calls,
             "notes": list(self.notes),
+            "engines": [dict(e.info) for e in self.engines.values() if e.info],
             "trajectories": trajectories,
         }
 

@@ -13,6 +13,7 @@ import torch
 from speca_compile import zoo
 
 QUICK = {"steps": 20, "batch": 1, "repeats": 1, "taus": (0.1,)}
+LOWERINGS = ("eager", "onnxruntime")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -29,6 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--batch", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept")
     bench.add_argument("--tau0", default="0.05,0.1,0.2", help="comma-separated thresholds, one row each")
+    bench.add_argument("--lowerings", default=",".join(LOWERINGS),
+                       help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS)}")
     bench.add_argument("--quick", action="store_true",
                        help="20 steps, batch 1, one round, tau0=0.1: a smoke run in well under 2 minutes")
     bench.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
@@ -79,14 +82,17 @@ def _bench(args, argv: List[str]) -> int:
     from speca_compile.bench import report
     from speca_compile.bench.suite import BenchConfig, run_suite
 
+    lowerings = tuple(v.strip() for v in args.lowerings.split(",") if v.strip())
+    if not lowerings or any(v not in LOWERINGS for v in lowerings):
+        raise SystemExit(f"speca bench: --lowerings got {args.lowerings!r}; valid: {', '.join(LOWERINGS)}")
     config = BenchConfig(models=_parse_models(args.models), steps=args.steps, batch=args.batch,
-                         repeats=args.repeats, taus=_parse_taus(args.tau0))
+                         repeats=args.repeats, taus=_parse_taus(args.tau0), lowerings=lowerings)
     if args.quick:
-        config = BenchConfig(models=config.models, **QUICK)
+        config = BenchConfig(models=config.models, lowerings=lowerings, **QUICK)
     for field in ("steps", "batch", "repeats"):
         if getattr(config, field) < 1:
             raise SystemExit(f"speca bench: --{field} must be >= 1")
-    methods = 2 + len(config.taus)
+    methods = 1 + len(config.lowerings) * (1 + len(config.taus))
     total = len(config.models) * methods * (1 + config.repeats)
     with tqdm(total=total, desc="speca bench", unit="run") as bar:
         def tick(label):

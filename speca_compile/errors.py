@@ -15,3 +15,12 @@ class OptionsError(SpecaError, ValueError):
 
 class GraphAnalysisError(SpecaError):
     """The Dynamo graph could not be analysed the way the options ask."""
+
+
+class LoweringError(SpecaError):
+    """A segment could not be exported or built for the requested lowering;
+    the message names the segment (and the op or input, where known)."""
+
+
+class MissingExtraError(SpecaError, ImportError):
+    """A lowering needs a package that is not installed; the message names the pip extra."""

@@ -18,8 +18,8 @@ from speca_compile.errors import OptionsError
 FORECASTERS = ("taylor",)
 ERROR_METRICS = ("rel_l2", "rel_l1")
 ON_REJECT = ("recompute", "defer")
-LOWERINGS = ("eager",)
-PLANNED_LOWERINGS = ("inductor", "onnxruntime", "tensorrt")
+LOWERINGS = ("eager", "onnxruntime")
+PLANNED_LOWERINGS = ("inductor", "tensorrt")
 PRECISIONS = ("fp32",)
 
 

@@ -20,24 +20,25 @@ def test_inspect_prints_blocks_segments_and_cuts(capsys):
 
 def test_bench_rows_are_consistent(tmp_path, capsys):
     code = cli.main(["bench", "--models", "dit", "--steps", "8", "--batch", "1", "--repeats", "1",
-                     "--tau0", "0,1e30", "--out", str(tmp_path)])
+                     "--tau0", "0,1e30", "--lowerings", "eager", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["method"]: r for r in payload["rows"]}
-    assert list(rows) == ["eager", "speca full (speculate=False)", "speca tau0=0", "speca tau0=1e+30"]
+    assert list(rows) == ["eager", "speca[eager] full (speculate=False)", "speca[eager] tau0=0",
+                          "speca[eager] tau0=1e+30"]
     assert rows["eager"]["speedup"] == 1.0 and math.isinf(rows["eager"]["psnr_db"])
-    assert rows["speca full (speculate=False)"]["full_fraction"] == 1.0
-    assert rows["speca full (speculate=False)"]["rel_l2"] < 1e-5
+    assert rows["speca[eager] full (speculate=False)"]["full_fraction"] == 1.0
+    assert rows["speca[eager] full (speculate=False)"]["rel_l2"] < 1e-5
     # 8 steps: warmup 3, then SSR SS (tau0=0) or SSAAA (always accepted)
-    assert rows["speca tau0=0"]["full_fraction"] == 4 / 8
-    assert rows["speca tau0=1e+30"]["full_fraction"] == 3 / 8
-    assert rows["speca tau0=1e+30"]["rel_l2"] > 0
+    assert rows["speca[eager] tau0=0"]["full_fraction"] == 4 / 8
+    assert rows["speca[eager] tau0=1e+30"]["full_fraction"] == 3 / 8
+    assert rows["speca[eager] tau0=1e+30"]["rel_l2"] > 0
     assert "| dit | eager |" in (tmp_path / "bench.md").read_text()
     assert payload["command"].startswith("speca bench --models dit")
 
 
 def test_bench_rejects_bad_arguments(tmp_path):
-    for bad in (["--models", "nope"], ["--tau0", "x"], ["--steps", "0"]):
+    for bad in (["--models", "nope"], ["--tau0", "x"], ["--steps", "0"], ["--lowerings", "tensorrt"]):
         try:
             cli.main(["bench", *bad, "--out", str(tmp_path)])
         except SystemExit as exc:

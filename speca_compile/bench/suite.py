@@ -25,6 +25,7 @@ class BenchConfig:
     batch: int = 2
     repeats: int = 3
     taus: Sequence[float] = (0.05, 0.1, 0.2)
+    lowerings: Sequence[str] = ("eager", "onnxruntime")
     seed: int = 0
 
 
@@ -49,9 +50,11 @@ def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = N
 
 
 def _methods(z: zoo.ZooModel, config: BenchConfig) -> Dict[str, Optional[dict]]:
-    methods: Dict[str, Optional[dict]] = {"eager": None, "speca full (speculate=False)": {"speculate": False}}
-    for tau in config.taus:
-        methods[f"speca tau0={tau:g}"] = {"tau0": tau}
+    methods: Dict[str, Optional[dict]] = {"eager": None}
+    for lowering in config.lowerings:
+        methods[f"speca[{lowering}] full (speculate=False)"] = {"speculate": False, "lowering": lowering}
+        for tau in config.taus:
+            methods[f"speca[{lowering}] tau0={tau:g}"] = {"tau0": tau, "lowering": lowering}
     return methods
 
 

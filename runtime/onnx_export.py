@@ -1,0 +1,138 @@
+"""Export one segment to an ONNX file (``torch.onnx.export(..., dynamo=True)``).
+
+The exported graph takes only the segment's tensor inputs: weights become
+initializers (so ONNX Runtime can pre-pack them), sizes are read from the
+tensor inputs' shapes, and symbolic floats are baked in.  Every dimension the
+Dynamo graph kept symbolic (batch, tokens) stays dynamic in the ONNX graph,
+so one export serves every batch size and resolution that graph serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from speca_compile.errors import LoweringError
+from speca_compile.passes.partition import Segment
+from speca_compile.runtime.segment_io import SegmentIO
+
+
+# Part of every engine-cache key: bump it when the export changes what it writes.
+EXPORT_VERSION = "1"
+
+
+class TensorOnlySegment(torch.nn.Module):
+    """Calls the segment's GraphModule with weights, sizes and constants filled in."""
+
+    def __init__(self, segment: Segment, io_spec: SegmentIO, values: Sequence):
+        super().__init__()
+        self.graph_module = prepare_for_export(segment.module, io_spec, values)
+        self.io_spec = io_spec
+        self.tensor_positions = io_spec.tensor_inputs
+        for i, spec in enumerate(io_spec.inputs):
+            if spec.kind == "weight":
+                self.register_buffer(f"w{i}", values[i].detach(), persistent=True)
+
+    def forward(self, *tensors):
+        given = dict(zip(self.tensor_positions, tensors))
+        args: List = []
+        for i, spec in enumerate(self.io_spec.inputs):
+            if spec.kind == "weight":
+                args.append(getattr(self, f"w{i}"))
+            elif spec.kind == "tensor":
+                args.append(given[i])
+            elif spec.kind == "const":
+                args.append(spec.value)
+            else:
+                expr = spec.source
+                args.append(expr.evaluate({sym: given[j].shape[axis]
+                                           for sym, (j, axis) in expr.symbols.items()}))
+        outputs = self.graph_module(*args)
+        return tuple(outputs[i] for i in self.io_spec.tensor_outputs)
+
+
+def prepare_for_export(module: torch.fx.GraphModule, io_spec: SegmentIO, values: Sequence):
+    """A copy of ``module`` with two rewrites the exporter needs.
+
+    * ``.item()`` of a weight input becomes its number: under dynamic shapes
+      Dynamo keeps ``.item()`` of module constants (an eps, a rope theta) as
+      nodes, which export as data-dependent values the exporter cannot reason about.
+    * ``squeeze(dim)`` of a dimension that is not 1 is dropped: it is a no-op in
+      torch, but the exporter (torch 2.13) emits an ONNX Squeeze that fails at
+      run time (PixArt's output layer).  A symbolic size is never 1 (Dynamo
+      specialises sizes 0 and 1).
+    """
+    graph = torch.fx.Graph()
+    env = {}
+    weights = {}
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    for node, spec, value in zip(placeholders, io_spec.inputs, values):
+        if spec.kind == "weight" and value.numel() == 1:
+            weights[node] = value
+    for node in module.graph.nodes:
+        if node.op == "call_method" and node.target == "item" and node.args[0] in weights:
+            env[node] = weights[node.args[0]].item()
+            continue
+        if _is_noop_squeeze(node):
+            env[node] = env[node.args[0]]
+            continue
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    return torch.fx.GraphModule(module, graph, class_name="SpecaFolded")
+
+
+def _is_noop_squeeze(node: torch.fx.Node) -> bool:
+    if not ((node.op == "call_method" and node.target == "squeeze")
+            or (node.op == "call_function" and node.target is torch.squeeze)):
+        return False
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    source = node.args[0].meta.get("example_value") if isinstance(node.args[0], torch.fx.Node) else None
+    if not isinstance(dim, int) or not isinstance(source, torch.Tensor):
+        return False
+    size = source.shape[dim]
+    return not isinstance(size, int) or size != 1
+
+
+def input_names(io_spec: SegmentIO) -> List[str]:
+    return [io_spec.inputs[i].name for i in io_spec.tensor_inputs]
+
+
+def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path: Path) -> None:
+    """Write ``segment`` as a self-contained ONNX file at ``path``."""
+    module = TensorOnlySegment(segment, io_spec, values).eval()
+    tensors = tuple(values[i].detach() for i in io_spec.tensor_inputs)
+    dynamic = tuple({axis: torch.export.Dim.AUTO
+                     for axis, size in enumerate(io_spec.inputs[i].shape) if size is None}
+                    for i in io_spec.tensor_inputs)
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(module, tensors, dynamo=True, dynamic_shapes=(dynamic,),
+                                        input_names=input_names(io_spec), verbose=False,
+                                        optimize=True)
+            program.save(str(path), external_data=False)
+    except Exception as exc:  # the exporter raises many types; name the segment and the op
+        raise LoweringError(f"segment {segment.name!r} failed to export to ONNX: "
+                            f"{_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress to stdout and warns per op; keep user output clean."""
+    level = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger("torch.onnx").setLevel(level)

@@ -1,0 +1,105 @@
+"""lowering="onnxruntime": every segment runs as an ONNX Runtime session, checked against eager."""
+
+import pytest
+import torch
+
+import speca_compile
+from speca_compile.errors import OptionsError
+from tests import helpers
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is a base dependency; this install lacks it")
+
+
+@pytest.fixture(scope="module")
+def engines_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("engines"))
+
+
+def ort(engines_dir, **options):
+    return {"lowering": "onnxruntime", "cache_dir": engines_dir, **options}
+
+
+def engine_info(compiled):
+    return speca_compile.stats(compiled)["per_graph"][-1]["engines"]
+
+
+@pytest.mark.parametrize("name", helpers.ALL_MODELS)
+def test_full_path_matches_eager(name, engines_dir):
+    z = helpers.build(name)
+    eager = helpers.trajectory(z, z.model, 2, 10)
+    compiled = torch.compile(z.model, backend="speca", options=ort(engines_dir, speculate=False))
+    out = helpers.trajectory(z, compiled, 2, 10)
+    assert helpers.rel_err(out, eager) < 1e-4
+    info = engine_info(compiled)
+    assert len(info) == len(speca_compile.stats(compiled)["blocks"]) + 2
+    assert all(e["builds"] == 1 for e in info)
+
+
+@pytest.mark.parametrize("name", ["dit", "flux"])
+def test_speculative_decisions_equal_the_eager_lowering(name, engines_dir):
+    z = helpers.build(name)
+    reference = torch.compile(z.model, backend="speca")
+    expected = helpers.trajectory(z, reference, 2, 50, seed=2)
+    eager_summary = speca_compile.stats(reference)["trajectories"][-1]
+    torch._dynamo.reset()
+    compiled = torch.compile(z.model, backend="speca", options=ort(engines_dir))
+    out = helpers.trajectory(z, compiled, 2, 50, seed=2)
+    summary = speca_compile.stats(compiled)["trajectories"][-1]
+    assert summary["decisions"] == eager_summary["decisions"]
+    assert helpers.rel_err(out, expected) < 1e-4
+
+
+def test_one_export_serves_every_batch_size_under_dynamic_shapes(engines_dir):
+    z = helpers.build("reference_dit")
+    compiled = torch.compile(z.model, backend="speca", dynamic=True,
+                             options=ort(engines_dir, speculate=False))
+    for batch in (2, 3, 5):
+        eager = helpers.trajectory(z, z.model, batch, 4)
+        assert helpers.rel_err(helpers.trajectory(z, compiled, batch, 4), eager) < 1e-4
+    assert speca_compile.stats(compiled)["graphs"] == 1
+    assert all(e["builds"] == 1 for e in engine_info(compiled))
+
+
+def test_second_compile_loads_from_the_cache_and_a_weight_change_misses_it(tmp_path):
+    z = helpers.build("reference_dit")
+    options = ort(str(tmp_path), speculate=False)
+    first = torch.compile(z.model, backend="speca", options=options)
+    helpers.trajectory(z, first, 2, 2)
+    assert {e["cache"] for e in engine_info(first)} == {"miss"}
+    torch._dynamo.reset()
+    second = torch.compile(z.model, backend="speca", options=options)
+    helpers.trajectory(z, second, 2, 2)
+    assert {e["cache"] for e in engine_info(second)} == {"hit"}
+
+    with torch.no_grad():
+        z.model.blocks[1].mlp[0].weight.add_(0.5)  # only block 1's weights change
+    torch._dynamo.reset()
+    third = torch.compile(z.model, backend="speca", options=options)
+    out = helpers.trajectory(z, third, 2, 2)
+    caches = {e["segment"]: e["cache"] for e in engine_info(third)}
+    assert caches.pop("block_1:blocks.1") == "miss"
+    assert set(caches.values()) == {"hit"}
+    assert helpers.rel_err(out, helpers.trajectory(z, z.model, 2, 2)) < 1e-4
+
+
+def test_a_corrupt_cache_file_is_reported_and_rebuilt(tmp_path):
+    z = helpers.build("reference_dit")
+    options = ort(str(tmp_path), speculate=False)
+    helpers.trajectory(z, torch.compile(z.model, backend="speca", options=options), 2, 2)
+    victim = sorted(tmp_path.glob("*.onnx"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    torch._dynamo.reset()
+    compiled = torch.compile(z.model, backend="speca", options=options)
+    with pytest.warns(RuntimeWarning, match="does not match its checksum"):
+        out = helpers.trajectory(z, compiled, 2, 2)
+    events = [e["cache"] for e in engine_info(compiled)]
+    assert events.count("corrupt") == 1 and events.count("hit") == len(events) - 1
+    assert helpers.rel_err(out, helpers.trajectory(z, z.model, 2, 2)) < 1e-4
+
+
+def test_lowerings_not_built_yet_say_so():
+    for lowering in ("inductor", "tensorrt"):
+        with pytest.raises(OptionsError, match="not implemented yet"):
+            speca_compile.Options.parse({"lowering": lowering})
