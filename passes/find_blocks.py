@@ -28,6 +28,7 @@ PROLOGUE = "prologue"
 EPILOGUE = "epilogue"
 COMPUTE_OPS = ("call_function", "call_method", "call_module")
 MIN_NODES_PER_BLOCK = 4
+SCALARS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,7 @@ def find_blocks(gm: fx.GraphModule) -> BlockPlan:
             k += 1
         key = owner[n] and owner[n][:2]
         reads_region = any(a in in_region for a in n.all_input_nodes)
-        if reads_region or (unit_index.get(key) == k and not _is_scalar(n)):
+        if reads_region or (unit_index.get(key) == k and not is_scalar(n)):
             assignment[n.name] = k
             in_region.add(n)
         else:
@@ -123,10 +124,9 @@ def find_blocks(gm: fx.GraphModule) -> BlockPlan:
     )
 
 
-def _is_scalar(node: fx.Node) -> bool:
+def is_scalar(node: fx.Node) -> bool:
     """True for nodes computing a Python/symbolic number, not a tensor."""
-    value = node.meta.get("example_value")
-    return isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
+    return isinstance(node.meta.get("example_value"), SCALARS)
 
 
 def _select_stacks(nodes: List[fx.Node], owner: dict) -> List[str]:

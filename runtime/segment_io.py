@@ -9,7 +9,8 @@ scalars for the blocks.  ``analyze_segment`` sorts each input into
 * ``weight``: module state, embedded in the engine as an initializer;
 * ``tensor``: a real engine input;
 * ``dim``:   a size, recomputed inside the engine from a tensor input's shape;
-* ``const``: a float fixed at build time (checked at every call);
+* ``const``: a float, or a size no tensor input carries, baked in at build
+  time (the engine keeps one build per distinct tuple of such values);
 
 and splits the outputs into tensor outputs (the engine's) and scalar outputs,
 which a small eager ``scalar_program`` computes from the same inputs.
@@ -24,9 +25,8 @@ import torch
 from torch import fx
 
 from speca_compile.errors import LoweringError
+from speca_compile.passes.find_blocks import is_scalar
 from speca_compile.passes.partition import Segment, is_module_state
-
-SCALARS = (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def analyze_segment(segment: Segment, values: Sequence) -> SegmentIO:
             else:
                 specs.append(InputSpec(node.name, "dim", source=expr))
     outputs = _output_nodes(segment)
-    scalar = tuple(i for i, n in enumerate(outputs) if isinstance(_meta(n), SCALARS))
+    scalar = tuple(i for i, n in enumerate(outputs) if is_scalar(n))
     tensor = tuple(i for i in range(len(outputs)) if i not in scalar)
     program = _scalar_program(segment, placeholders, [outputs[i] for i in scalar]) if scalar else None
     return SegmentIO(segment.name, tuple(specs), tensor, scalar, program)
