@@ -95,6 +95,9 @@ class OnnxRuntimeEngine(Engine):
         session_options.intra_op_num_threads = torch.get_num_threads()
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 3
+        # ORT's worker threads spin after each run by default; between engine calls the
+        # runtime runs torch ops (forecast, merge), which the spinning threads starve
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), session_options, providers=_providers(ort, inputs))
         except Exception as exc:

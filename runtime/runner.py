@@ -17,6 +17,7 @@ not be identified, as the whole batch with the rows selected afterwards.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,6 +53,8 @@ class Runner:
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
         self._leaves = _leaves(program.output)
+        # a dispatch mode entered around every call (speca_compile.metered); None in production
+        self.meter = None
 
     @property
     def speculating(self) -> bool:
@@ -59,6 +62,12 @@ class Runner:
 
     # ------------------------------------------------------------------ call
     def __call__(self, *args):
+        if self.meter is None:
+            return self._call(args)
+        with self.meter:
+            return self._call(args)
+
+    def _call(self, args):
         self.calls += 1
         times = self._timesteps(args) if self.timestep_index is not None else None
         if times is None:
@@ -148,7 +157,8 @@ class Runner:
         forecast = cache.predict("verify", work, t, state)
         errors = torch.zeros(len(work), dtype=torch.float64)
         if bool(check.any()):
-            self._run_segment(env, self.program.units[v])
+            with self._section("verify"):
+                self._run_segment(env, self.program.units[v])
             real = self._values(env, v + 1)
             errors = relative_error(forecast, real, self.options.error_metric)
             forecast = tuple(torch.where(_rows_mask(check, r), r, f) for r, f in zip(real, forecast))
@@ -162,6 +172,9 @@ class Runner:
         return index, env, errors
 
     # --------------------------------------------------------------- helpers
+    def _section(self, name: str):
+        return self.meter.section(name) if self.meter is not None else contextlib.nullcontext()
+
     def _run_segment(self, env: Env, segment) -> None:
         outputs = self.engines[segment.name].run([env[n] for n in segment.inputs])
         env.update(zip(segment.outputs, outputs))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict
 
 from speca_compile.errors import GraphAnalysisError, OptionsError, SpecaError
@@ -15,7 +16,7 @@ from speca_compile.options import Options, valid_keys
 from speca_compile.registry import runners_for
 
 __version__ = "0.1.0"
-__all__ = ["stats", "reset", "Options", "valid_keys", "SpecaError", "OptionsError",
+__all__ = ["stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
            "GraphAnalysisError", "__version__"]
 
 
@@ -53,3 +54,25 @@ def reset(model) -> None:
     """End every trajectory of ``model``: the next call starts from a clean cache."""
     for runner in runners_for(model):
         runner.reset()
+
+
+@contextlib.contextmanager
+def metered(model, meter):
+    """Enter ``meter`` (a torch dispatch mode, e.g. ``bench.meter.OpMeter``) inside every
+    compiled call of ``model`` while the block is active.
+
+    A dispatch mode entered around a compiled model makes Dynamo run it eagerly,
+    so measuring what the speca runtime executes has to happen inside it.
+    Call the compiled model once before, so its graphs exist.
+    """
+    runners = runners_for(model)
+    if not runners:
+        raise SpecaError("metered: no graph of this model was compiled by the speca backend yet "
+                         "(call the compiled model once first)")
+    for runner in runners:
+        runner.meter = meter
+    try:
+        yield meter
+    finally:
+        for runner in runners:
+            runner.meter = None

@@ -11,8 +11,10 @@ from typing import List, Optional
 import torch
 
 from speca_compile import zoo
+from speca_compile.bench.suite import REFERENCE
 
-QUICK = {"steps": 20, "batch": 1, "repeats": 1, "taus": (0.1,)}
+QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (0.1,), "inductor": False,
+         "peers": False}
 LOWERINGS = ("eager", "onnxruntime")
 
 
@@ -23,18 +25,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     inspect = sub.add_parser("inspect", help="print the blocks, segments and cut tensors found in a model")
     inspect.add_argument("model", choices=sorted(zoo.BUILDERS), help="a built-in tiny model")
 
-    bench = sub.add_parser("bench", help="eager vs compiled vs speculative: speed and quality")
-    bench.add_argument("--models", default="dit,flux",
-                       help=f"comma-separated, from: {', '.join(sorted(zoo.BUILDERS))}")
+    bench = sub.add_parser("bench", help="eager vs compiled vs speculative vs peers: speed, compute, quality")
+    bench.add_argument("--models", default=",".join(REFERENCE),
+                       help=f"comma-separated: trained {', '.join(REFERENCE)} or tiny random "
+                            f"{', '.join(sorted(zoo.BUILDERS))}")
     bench.add_argument("--steps", type=int, default=50)
-    bench.add_argument("--batch", type=int, default=2)
+    bench.add_argument("--images", type=int, default=100, help="images per method (same seeds for all)")
+    bench.add_argument("--batch", type=int, default=25, help="images per sampler call")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept")
-    bench.add_argument("--tau0", default="0.05,0.1,0.2", help="comma-separated thresholds, one row each")
+    bench.add_argument("--tau0", default="0.05,0.1,0.2,0.4", help="comma-separated thresholds, one row each")
     bench.add_argument("--lowerings", default=",".join(LOWERINGS),
                        help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS)}")
+    bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
+    bench.add_argument("--no-peers", action="store_true",
+                       help="leave out diffusers' caching hooks and cache-dit")
     bench.add_argument("--quick", action="store_true",
-                       help="20 steps, batch 1, one round, tau0=0.1: a smoke run in well under 2 minutes")
-    bench.add_argument("--out", default="bench_results", help="directory for bench.json and bench.md")
+                       help="20 steps, 10 images, one round, tau0=0.1, no inductor or peers: a smoke run")
+    bench.add_argument("--out", default="bench_results",
+                       help="directory for bench.json, bench.md and pareto.png")
 
     args = parser.parse_args(argv)
     if args.command == "inspect":
@@ -59,10 +67,11 @@ def _inspect(name: str) -> int:
 
 
 def _parse_models(text: str) -> List[str]:
+    valid = list(REFERENCE) + sorted(zoo.BUILDERS)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in zoo.BUILDERS]
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise SystemExit(f"speca bench: unknown model(s) {unknown or text!r}; valid: {', '.join(sorted(zoo.BUILDERS))}")
+        raise SystemExit(f"speca bench: unknown model(s) {unknown or text!r}; valid: {', '.join(valid)}")
     return names
 
 
@@ -85,24 +94,28 @@ def _bench(args, argv: List[str]) -> int:
     lowerings = tuple(v.strip() for v in args.lowerings.split(",") if v.strip())
     if not lowerings or any(v not in LOWERINGS for v in lowerings):
         raise SystemExit(f"speca bench: --lowerings got {args.lowerings!r}; valid: {', '.join(LOWERINGS)}")
-    config = BenchConfig(models=_parse_models(args.models), steps=args.steps, batch=args.batch,
-                         repeats=args.repeats, taus=_parse_taus(args.tau0), lowerings=lowerings)
+    settings = dict(steps=args.steps, images=args.images, batch=args.batch, repeats=args.repeats,
+                    taus=_parse_taus(args.tau0), inductor=not args.no_inductor, peers=not args.no_peers)
     if args.quick:
-        config = BenchConfig(models=config.models, lowerings=lowerings, **QUICK)
-    for field in ("steps", "batch", "repeats"):
-        if getattr(config, field) < 1:
+        settings.update(QUICK)
+    for field in ("steps", "images", "batch", "repeats"):
+        if settings[field] < 1:
             raise SystemExit(f"speca bench: --{field} must be >= 1")
-    methods = 1 + len(config.lowerings) * (1 + len(config.taus))
-    total = len(config.models) * methods * (1 + config.repeats)
-    with tqdm(total=total, desc="speca bench", unit="run") as bar:
+    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, **settings)
+    per_method = 2 + config.repeats     # warm, metered, timed rounds
+    with tqdm(total=0, desc="speca bench", unit="run") as bar:
         def tick(label):
-            bar.set_postfix_str(label[:40])
+            bar.set_postfix_str(label[:48])
             bar.update(1)
-        rows = run_suite(config, tick)
+
+        def grow(methods):
+            bar.total += methods * per_method
+            bar.refresh()
+        rows = run_suite(config, tick, grow)
     command = "speca " + " ".join(shlex.quote(a) for a in argv)
     paths = report.write(rows, config, command, Path(args.out))
     print(report.markdown(rows))
-    print(f"\nwrote {paths['json']} and {paths['markdown']}")
+    print(f"\nwrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
     return 0
 
 

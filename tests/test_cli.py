@@ -19,8 +19,9 @@ def test_inspect_prints_blocks_segments_and_cuts(capsys):
 
 
 def test_bench_rows_are_consistent(tmp_path, capsys):
-    code = cli.main(["bench", "--models", "dit", "--steps", "8", "--batch", "1", "--repeats", "1",
-                     "--tau0", "0,1e30", "--lowerings", "eager", "--out", str(tmp_path)])
+    code = cli.main(["bench", "--models", "dit", "--steps", "8", "--images", "1", "--batch", "1",
+                     "--repeats", "1", "--tau0", "0,1e30", "--lowerings", "eager", "--no-inductor",
+                     "--no-peers", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["method"]: r for r in payload["rows"]}
@@ -33,6 +34,13 @@ def test_bench_rows_are_consistent(tmp_path, capsys):
     assert rows["speca[eager] tau0=0"]["full_fraction"] == 4 / 8
     assert rows["speca[eager] tau0=1e+30"]["full_fraction"] == 3 / 8
     assert rows["speca[eager] tau0=1e+30"]["rel_l2"] > 0
+    # FLOPs are counted: the full path does exactly eager's work, speculation less, checks some
+    assert rows["speca[eager] full (speculate=False)"]["flops_fraction"] == 1.0
+    never_rejected = rows["speca[eager] tau0=1e+30"]
+    assert 0 < never_rejected["flops_fraction"] < rows["speca[eager] tau0=0"]["flops_fraction"] < 1
+    assert 0 < never_rejected["verify_fraction"] < 1
+    assert never_rejected["peak_memory_mb"] > 0 and never_rejected["cache_bytes"] > 0
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert "| dit | eager |" in (tmp_path / "bench.md").read_text()
     assert payload["command"].startswith("speca bench --models dit")
 

@@ -18,3 +18,17 @@ def psnr(result: torch.Tensor, reference: torch.Tensor) -> float:
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(peak * peak / mse)
+
+
+def image_psnr(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (peak 1), the usual convention for pictures."""
+    mse = float(((result.double() - reference.double()) ** 2).mean())
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean SSIM (scikit-image, 7x7 window, data range 1) over a batch of (N, C, H, W) images in [0, 1]."""
+    from skimage.metrics import structural_similarity
+
+    a, b = result.double().numpy(), reference.double().numpy()
+    return float(sum(structural_similarity(x, y, data_range=1.0, channel_axis=0) for x, y in zip(a, b)) / len(a))

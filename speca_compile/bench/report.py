@@ -1,4 +1,4 @@
-"""Bench results as JSON (for machines) and a Markdown table (for the README)."""
+"""Bench results as JSON (for machines), a Markdown table (for the README) and the Pareto PNG."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from speca_compile.bench.plot import pareto_png
 from speca_compile.bench.suite import BenchConfig, Row
 
-HEADER = ("| model | method | s/image | speedup vs eager | full-step fraction | rel L2 vs full "
-          "| PSNR vs full (dB) | compile s | cache bytes |")
+COLUMNS = ("model", "method", "s/image", "speedup", "full steps", "FLOPs", "verify FLOPs", "PSNR dB",
+           "SSIM", "rel L2", "accuracy", "digits-FD", "peak MB", "cache KB", "compile s")
 
 
 def machine() -> Dict[str, str]:
@@ -23,13 +24,23 @@ def machine() -> Dict[str, str]:
             "threads": str(torch.get_num_threads())}
 
 
+def _f(value, fmt: str, scale: float = 1.0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value * scale, fmt)
+
+
 def markdown(rows: Sequence[Row]) -> str:
-    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        db = "inf" if math.isinf(r.psnr_db) else f"{r.psnr_db:.1f}"
-        lines.append(f"| {r.model} | {r.method} | {r.seconds_per_image:.4f} | {r.speedup:.2f}x "
-                     f"| {r.full_fraction:.2f} | {r.rel_l2:.2e} | {db} | {r.compile_seconds:.1f} "
-                     f"| {r.cache_bytes} |")
+        cells = (r.model, r.method, _f(r.seconds_per_image, ".4f"), _f(r.speedup, ".2f") + "x",
+                 _f(r.full_fraction, ".0%"), _f(r.flops_fraction, ".0%"), _f(r.verify_fraction, ".1%"),
+                 _f(r.psnr_db, ".1f"), _f(r.ssim, ".3f"), _f(r.rel_l2, ".1e"), _f(r.accuracy, ".0%"),
+                 _f(r.digits_fd, ".2f"), _f(r.peak_memory_mb, ".1f"), _f(r.cache_bytes, ".0f", 1 / 1024),
+                 _f(r.compile_seconds, ".1f"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -37,7 +48,8 @@ def write(rows: List[Row], config: BenchConfig, command: str, out_dir: Path) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "config": dataclasses.asdict(config), "machine": machine(),
                "rows": [dataclasses.asdict(r) for r in rows]}
-    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    md_path.write_text(f"`{command}` on {machine()}\n\n{markdown(rows)}\n")
-    return {"json": json_path, "markdown": md_path}
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "pareto.png"}
+    paths["json"].write_text(json.dumps(payload, indent=2, default=str))
+    paths["markdown"].write_text(f"`{command}` on {machine()}\n\n{markdown(rows)}\n")
+    pareto_png(rows, paths["plot"])
+    return paths

@@ -1,7 +1,13 @@
-"""The benchmark rows: eager, the compiled full path, and speca at several tau0.
+"""The benchmark: every method samples the same seeds; speed, compute and quality per row.
 
-Every row samples the same seeds; quality is measured against the eager
-(full-compute) samples, speed as the ratio of interleaved medians to eager.
+* Speed: wall seconds to generate the whole image set, interleaved rounds,
+  median; speedup is the ratio to eager's median in the same run.
+* Compute: FLOPs counted by ``OpMeter`` in one extra metered run (ONNX
+  Runtime executes outside PyTorch, so an ONNX Runtime row takes the count of
+  the eager-lowering row with the same settings when their decisions match).
+* Quality against the full-compute (eager) images of the same seeds: PSNR,
+  SSIM, relative L2; against the data (trained reference models only): the
+  judge's accuracy on the class-conditional samples and digits-FD.
 """
 
 from __future__ import annotations
@@ -12,20 +18,26 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-import speca_compile
-from speca_compile import sampling, zoo
-from speca_compile.bench.quality import psnr, relative_l2
+from speca_compile import zoo
+from speca_compile.bench import methods as methods_mod
+from speca_compile.bench.meter import OpMeter
+from speca_compile.bench.quality import image_psnr, psnr, relative_l2, ssim
 from speca_compile.bench.timing import interleaved_medians
+
+REFERENCE = ("dit_digits", "flux_digits")
 
 
 @dataclasses.dataclass
 class BenchConfig:
-    models: Sequence[str] = ("dit", "flux")
+    models: Sequence[str] = REFERENCE
     steps: int = 50
-    batch: int = 2
+    images: int = 100
+    batch: int = 25
     repeats: int = 3
-    taus: Sequence[float] = (0.05, 0.1, 0.2)
+    taus: Sequence[float] = (0.05, 0.1, 0.2, 0.4)
     lowerings: Sequence[str] = ("eager", "onnxruntime")
+    inductor: bool = True
+    peers: bool = True
     seed: int = 0
 
 
@@ -33,74 +45,145 @@ class BenchConfig:
 class Row:
     model: str
     method: str
+    family: str
     seconds_per_image: float
     speedup: float
-    full_fraction: float
-    rel_l2: float
+    full_fraction: Optional[float]
+    flops_fraction: Optional[float]
+    verify_fraction: Optional[float]
     psnr_db: float
+    ssim: Optional[float]
+    rel_l2: float
+    accuracy: Optional[float]
+    digits_fd: Optional[float]
+    peak_memory_mb: Optional[float]
+    cache_bytes: Optional[int]
     compile_seconds: float
-    cache_bytes: int
 
 
-def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> List[Row]:
+def load_model(name: str):
+    if name in REFERENCE:
+        from speca_compile.reference import store
+        return store.load(name)
+    return zoo.build(name)
+
+
+def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = None,
+              on_methods: Optional[Callable[[int], None]] = None) -> List[Row]:
     rows: List[Row] = []
     for name in config.models:
-        rows.extend(bench_model(zoo.build(name), config, progress))
+        rows.extend(bench_model(load_model(name), config, progress, on_methods))
     return rows
 
 
-def _methods(config: BenchConfig) -> Dict[str, Optional[dict]]:
-    methods: Dict[str, Optional[dict]] = {"eager": None}
-    for lowering in config.lowerings:
-        methods[f"speca[{lowering}] full (speculate=False)"] = {"speculate": False, "lowering": lowering}
-        for tau in config.taus:
-            methods[f"speca[{lowering}] tau0={tau:g}"] = {"tau0": tau, "lowering": lowering}
-    return methods
+class _ImageSet:
+    """The seeds of one bench: ``images`` samples in chunks of ``batch``, same for every method."""
+
+    def __init__(self, ref, config: BenchConfig):
+        self.ref = ref
+        self.chunks = []
+        for start in range(0, config.images, config.batch):
+            size = min(config.batch, config.images - start)
+            seed = config.seed + start
+            noise = torch.randn(ref.latent_shape(size), generator=torch.Generator().manual_seed(seed))
+            self.chunks.append((noise, ref.make_inputs(size, seed + 10_000)))
+
+    def generate(self, method, steps: int, meter=None) -> torch.Tensor:
+        return torch.cat([method.sample(self.ref, noise, extra, steps, meter) for noise, extra in self.chunks])
+
+    def labels(self) -> Optional[torch.Tensor]:
+        if "labels" not in self.chunks[0][1]:
+            return None
+        return torch.cat([extra["labels"] for _, extra in self.chunks])
 
 
-def bench_model(z: zoo.ZooModel, config: BenchConfig, progress=None) -> List[Row]:
-    extra = z.make_inputs(config.batch, config.seed + 1)
-    noise = torch.randn(z.latent_shape(config.batch), generator=torch.Generator().manual_seed(config.seed))
-
-    def sampler(model) -> Callable[[], torch.Tensor]:
-        def sample():
-            with torch.no_grad():
-                return sampling.denoise(lambda x, t: z.call(model, x, t, extra), noise, config.steps, z.kind)
-        return sample
+def bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> List[Row]:
+    def tick(label):
+        if progress:
+            progress(f"{ref.name}: {label}")
 
     torch._dynamo.reset()
-    samplers, models, compile_s, results = {}, {}, {}, {}
-    for method, options in _methods(config).items():
-        model = z.model if options is None else torch.compile(z.model, backend="speca", options=options)
-        models[method], samplers[method] = model, sampler(model)
+    images = _ImageSet(ref, config)
+    methods = methods_mod.build_methods(ref, config, *images.chunks[0], progress=tick)
+    if on_methods:
+        on_methods(len(methods))
+    results, compile_s, meters, summaries = {}, {}, {}, {}
+    for m in methods:
         start = time.perf_counter()
-        # first run: compiles, excluded from timing; its result is the row's result,
-        # since a trajectory's decisions and output are the same on every run
-        results[method] = samplers[method]()
-        compile_s[method] = time.perf_counter() - start
-        if progress:
-            progress(f"{z.name}: warm {method}")
+        results[m.name] = images.generate(m, config.steps)     # compiles; decisions are deterministic
+        compile_s[m.name] = time.perf_counter() - start
+        summaries[m.name] = _summary(m, len(images.chunks))
+        tick(f"warm {m.name}")
+        if m.meterable:
+            meters[m.name] = OpMeter()
+            images.generate(m, config.steps, meters[m.name])
+        tick(f"metered {m.name}")
+    medians = interleaved_medians({m.name: (lambda m=m: images.generate(m, config.steps)) for m in methods},
+                                  config.repeats, on_tick=lambda name: tick(name))
+    return _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians)
+
+
+def _summary(method, chunks: int) -> Dict:
+    if not isinstance(method, methods_mod.Speca):
+        return {}
+    import speca_compile
+
+    trajectories = speca_compile.stats(method.module)["trajectories"][-chunks:]
+    full = sum(t["full"] for t in trajectories)
+    total = sum(t["steps"] * t["batch_size"] for t in trajectories)
+    return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in trajectories),
+            "decisions": [t["decisions"] for t in trajectories]}
+
+
+def _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians) -> List[Row]:
+    from speca_compile.reference import judge as judge_mod
+
+    decode = getattr(ref, "decode", None)
+    labels = images.labels()
+    judge = held_out = None
+    if decode is not None and labels is not None:
+        from speca_compile.reference import digits, store
+        judge, held_out = store.load_judge(), digits.split("held_out")[0]
     reference = results["eager"]
-    medians = interleaved_medians(samplers, config.repeats,
-                                  on_tick=(lambda m: progress(f"{z.name}: {m}")) if progress else None)
+    eager_flops = meters["eager"].flops
     rows = []
-    for method, model in models.items():
-        result = results[method]
-        summary = _last_trajectory(model) if model is not z.model else None
-        full_fraction = 1.0 if summary is None else summary["full"] / (summary["steps"] * summary["batch_size"])
+    for m in methods:
+        out = results[m.name]
+        counted = _counted(m, methods, meters, summaries)
+        picture, picture_ref = (None, None) if decode is None else (_unit(decode(out)), _unit(decode(reference)))
         rows.append(Row(
-            model=z.name, method=method,
-            seconds_per_image=medians[method] / config.batch,
-            speedup=medians["eager"] / medians[method],
-            full_fraction=full_fraction,
-            rel_l2=relative_l2(result, reference),
-            psnr_db=psnr(result, reference),
-            compile_seconds=0.0 if model is z.model else compile_s[method] - medians[method],
-            cache_bytes=0 if summary is None else summary["cache_bytes"],
+            model=ref.name, method=m.name, family=m.family,
+            seconds_per_image=medians[m.name] / config.images,
+            speedup=medians["eager"] / medians[m.name],
+            full_fraction=summaries[m.name].get("full_fraction", 1.0 if m.family in ("eager",) or "full" in m.name
+                                                or isinstance(m, methods_mod.Inductor) else None),
+            flops_fraction=None if counted is None else counted.flops / eager_flops,
+            verify_fraction=None if counted is None or not counted.flops
+            else counted.section_flops.get("verify", 0) / counted.flops,
+            psnr_db=image_psnr(picture, picture_ref) if picture is not None else psnr(out, reference),
+            ssim=ssim(picture, picture_ref) if picture is not None else None,
+            rel_l2=relative_l2(out, reference),
+            accuracy=judge_mod.accuracy(judge, decode(out), labels) if judge is not None else None,
+            digits_fd=judge_mod.frechet_distance(judge, decode(out), held_out) if judge is not None else None,
+            peak_memory_mb=counted.peak_bytes / 2**20 if counted is meters.get(m.name) else None,
+            cache_bytes=summaries[m.name].get("cache_bytes"),
+            compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
         ))
     return rows
 
 
-def _last_trajectory(model) -> Optional[Dict]:
-    trajectories = speca_compile.stats(model)["trajectories"]
-    return trajectories[-1] if trajectories else None
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return ((images.clamp(-1, 1) + 1) / 2).float()
+
+
+def _counted(method, methods, meters, summaries):
+    """The meter that saw this method's work, or None when nothing in PyTorch did."""
+    if not method.meterable:
+        return meters["eager"]   # full compute, the same ops as eager
+    lowering = getattr(method, "options", {}).get("lowering", "eager")
+    if lowering == "eager":
+        return meters[method.name]
+    twin = method.name.replace(f"speca[{lowering}]", "speca[eager]")
+    if twin in meters and summaries.get(twin, {}).get("decisions") == summaries[method.name].get("decisions"):
+        return meters[twin]
+    return None
