@@ -7,7 +7,10 @@ lets each lowering (eager, ONNX Runtime, TensorRT, Inductor) be one file.
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Sequence
+
+from speca_compile.errors import LoweringError
 
 from speca_compile.options import Options
 from speca_compile.passes.partition import Segment, SpeculativeProgram
@@ -23,12 +26,51 @@ class Engine:
         raise NotImplementedError
 
 
+class EagerFallback(Engine):
+    """Runs a lowered engine; if it fails to build, runs the segment eagerly instead.
+
+    Only with ``on_lowering_error="eager"``, and never silently: a warning names
+    the segment and the error, and ``stats`` reports ``fallback`` for it.
+    """
+
+    def __init__(self, engine: Engine, segment: Segment):
+        self.engine, self.segment = engine, segment
+        self.info = engine.info
+
+    @property
+    def name(self):
+        return self.engine.name
+
+    def run(self, inputs: Sequence) -> List:
+        try:
+            return self.engine.run(inputs)
+        except LoweringError as exc:
+            if isinstance(self.engine, EagerEngine):
+                raise
+            warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
+                          f"(on_lowering_error='eager'): {exc}", stacklevel=2)
+            self.info = {**dict(self.engine.info), "segment": self.segment.name,
+                         "fallback": f"eager ({exc})"}
+            self.engine = EagerEngine(self.segment)
+            return self.engine.run(inputs)
+
+
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     """One engine per segment, keyed by segment name."""
-    if options.lowering == "eager":
-        from speca_compile.runtime.eager_engine import EagerEngine
+    engines = _lower(program, options)
+    if options.on_lowering_error == "eager":
+        segments = {seg.name: seg for seg in program.segments}
+        return {name: EagerFallback(engine, segments[name]) for name, engine in engines.items()}
+    return engines
 
+
+def _lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
+    if options.lowering == "eager":
         return {seg.name: EagerEngine(seg) for seg in program.segments}
+    if options.lowering == "inductor":
+        from speca_compile.runtime.inductor_engine import InductorEngine
+
+        return {seg.name: InductorEngine(seg) for seg in program.segments}
     if options.lowering == "onnxruntime":
         from speca_compile.runtime.engine_cache import EngineCache
         from speca_compile.runtime.onnxruntime_engine import OnnxRuntimeEngine, import_onnxruntime
@@ -36,4 +78,14 @@ def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
         import_onnxruntime()  # a missing package fails at compile time, naming the extra
         cache = EngineCache(options.cache_dir)
         return {seg.name: OnnxRuntimeEngine(seg, options, cache) for seg in program.segments}
+    if options.lowering == "tensorrt":
+        from speca_compile.runtime.engine_cache import EngineCache
+        from speca_compile.runtime.tensorrt_engine import TensorRTEngine, import_tensorrt
+
+        import_tensorrt()  # no TensorRT or no GPU: fails at compile time, naming the extra
+        cache = EngineCache(options.cache_dir)
+        return {seg.name: TensorRTEngine(seg, options, cache) for seg in program.segments}
     raise ValueError(f"lowering {options.lowering!r} is not available")
+
+
+from speca_compile.runtime.eager_engine import EagerEngine  # noqa: E402  (it subclasses Engine)

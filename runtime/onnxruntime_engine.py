@@ -73,23 +73,29 @@ class OnnxRuntimeEngine(Engine):
         variant = self.variants.get(baked)
         if variant is None:
             variant = self.variants[baked] = self._build(inputs)
-        tensors = tensor_values(variant.io, inputs)
+        outputs = self._execute(variant, tensor_values(variant.io, inputs))
+        return merge_outputs(variant.io, outputs, inputs)
+
+    def _execute(self, variant, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         feed = {name: _as_numpy(t) for name, t in zip(variant.input_names, tensors)}
         outputs = [torch.from_numpy(a) for a in variant.session.run(variant.output_names, feed)]
         device = tensors[0].device if tensors else torch.device("cpu")
         if device.type != "cpu":
             outputs = [o.to(device) for o in outputs]
-        return merge_outputs(variant.io, outputs, inputs)
+        return outputs
+
+    def _onnx_file(self, inputs: Sequence):
+        """The segment's ONNX file (from the engine cache), its input specs and the cache event."""
+        io_spec = analyze_segment(self.segment, inputs)
+        key = onnx_cache_key(self.segment, io_spec, inputs, self.options)
+        before = len(self.cache.events)
+        path = self.cache.get_or_build(key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p))
+        return path, io_spec, key, self.cache.events[before][0]
 
     def _build(self, inputs: Sequence) -> _Variant:
         ort = import_onnxruntime()
         start = time.perf_counter()
-        io_spec = analyze_segment(self.segment, inputs)
-        key = onnx_cache_key(self.segment, io_spec, inputs, self.options)
-        before = len(self.cache.events)
-        path = self.cache.get_or_build(key, ".onnx",
-                                       lambda p: export_segment(self.segment, io_spec, inputs, p))
-        event = self.cache.events[before][0]
+        path, io_spec, _, event = self._onnx_file(inputs)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = torch.get_num_threads()

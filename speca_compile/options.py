@@ -18,8 +18,9 @@ from speca_compile.errors import OptionsError
 FORECASTERS = ("taylor",)
 ERROR_METRICS = ("rel_l2", "rel_l1")
 ON_REJECT = ("recompute", "defer")
-LOWERINGS = ("eager", "onnxruntime")
-PLANNED_LOWERINGS = ("inductor", "tensorrt")
+ON_LOWERING_ERROR = ("raise", "eager")
+LOWERINGS = ("eager", "onnxruntime", "inductor", "tensorrt")
+PLANNED_LOWERINGS = ()
 PRECISIONS = ("fp32",)
 
 
@@ -46,6 +47,7 @@ class Options:
     on_reject: str = "recompute"
     lowering: str = "eager"
     precision: str = "fp32"
+    on_lowering_error: str = "raise"
     timestep_input: Optional[str] = None
     cache_dir: Optional[str] = None
 
@@ -100,6 +102,7 @@ class Options:
             )
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("on_lowering_error", self.on_lowering_error, ON_LOWERING_ERROR)
         if self.timestep_input is not None:
             _check_type("timestep_input", self.timestep_input, str)
         if self.cache_dir is not None:

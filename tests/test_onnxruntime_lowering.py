@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import speca_compile
-from speca_compile.errors import OptionsError
 from tests import helpers
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is a base dependency; this install lacks it")
@@ -97,9 +96,3 @@ def test_a_corrupt_cache_file_is_reported_and_rebuilt(tmp_path):
     events = [e["cache"] for e in engine_info(compiled)]
     assert events.count("corrupt") == 1 and events.count("hit") == len(events) - 1
     assert helpers.rel_err(out, helpers.trajectory(z, z.model, 2, 2)) < 1e-4
-
-
-def test_lowerings_not_built_yet_say_so():
-    for lowering in ("inductor", "tensorrt"):
-        with pytest.raises(OptionsError, match="not implemented yet"):
-            speca_compile.Options.parse({"lowering": lowering})

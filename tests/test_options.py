@@ -34,8 +34,7 @@ def test_unknown_key_names_it_and_lists_valid_keys():
     ("on_reject", "retry", "'recompute', 'defer'"),
     ("forecaster", "magic", "'taylor'"),
     ("speculate", 1, "must be bool"),
-    ("lowering", "tensorrt", "not implemented yet"),
-    ("lowering", "tvm", "valid: 'eager'"),
+    ("lowering", "tvm", "valid: 'eager', 'onnxruntime', 'inductor', 'tensorrt'"),
 ])
 def test_bad_values_are_named(key, value, fragment):
     with pytest.raises(OptionsError) as err:

@@ -53,9 +53,8 @@ def frechet_distance(judge: DigitsJudge, images: torch.Tensor, reference: torch.
     b = judge.features(reference).double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        eye = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eye) @ (cov_b + eye))
-    covmean = covmean.real
+    # ReLU features have dead dimensions, so the covariances are singular: a tiny ridge
+    # keeps the matrix square root defined (it moves the distance by ~1e-6 per dimension)
+    ridge = np.eye(cov_a.shape[0]) * 1e-6
+    covmean = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge)).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))

@@ -1,0 +1,72 @@
+"""The Inductor lowering: each segment compiled by TorchInductor into fused C++/Triton kernels.
+
+The runner executes inside a Dynamo-compiled frame, where ``torch.compile``
+does not trace again, so the segment's fx graph goes to Inductor directly
+(``compile_fx``, the function ``torch.compile``'s default backend calls).
+Inductor code is specialised to the shapes it was compiled for and has no
+guards of its own, so the engine keeps one compiled variant per input
+signature (tensor shapes, strides, dtypes and devices, scalar values): a new batch or
+sub-batch size compiles once and is reused afterwards; nothing runs with a
+shape it was not compiled for.  Compiled kernels persist in Inductor's own
+on-disk cache, so a second process recompiles quickly.
+
+A segment that returns Python numbers (the prologue, when sizes or scalars are
+hoisted into it) runs eagerly: Inductor compiles tensor programs only.  That
+segment is the timestep and patch embedding, a small part of a step, and
+``stats`` reports it as ``eager (returns non-tensor values)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+
+from speca_compile.errors import LoweringError
+from speca_compile.passes.partition import Segment
+from speca_compile.runtime.engine import Engine
+from speca_compile.runtime.onnx_export import prepare_for_export
+from speca_compile.runtime.segment_io import analyze_segment
+
+
+def _signature(inputs: Sequence) -> Tuple:
+    return tuple((tuple(v.shape), v.stride(), v.dtype, v.device.type) if isinstance(v, torch.Tensor) else
+                 (type(v).__name__, v) for v in inputs)
+
+
+class InductorEngine(Engine):
+    name = "inductor"
+
+    def __init__(self, segment: Segment):
+        self.segment = segment
+        self.variants: Dict[Tuple, Callable] = {}
+        self.info = {"segment": segment.name, "builds": 0, "build_seconds": 0.0}
+
+    def run(self, inputs: Sequence) -> List:
+        key = _signature(inputs)
+        compiled = self.variants.get(key)
+        if compiled is None:
+            outputs = list(self.segment.module(*inputs))
+            if not all(isinstance(v, torch.Tensor) for v in outputs):
+                self.variants[key] = self.segment.module
+                self.info["runs"] = "eager (returns non-tensor values)"
+                return outputs
+            compiled = self.variants[key] = self._build(list(inputs))
+        return list(compiled(*inputs))
+
+    def _build(self, inputs: List) -> Callable:
+        from torch._inductor.compile_fx import compile_fx
+
+        start = time.perf_counter()
+        try:
+            # .item() of one-element constants (an eps, a rope theta) becomes its number,
+            # as for ONNX export: Inductor cannot trace data-dependent scalars
+            module = prepare_for_export(self.segment.module, analyze_segment(self.segment, inputs), inputs)
+            compiled = compile_fx(module, inputs)
+        except Exception as exc:
+            raise LoweringError(f"segment {self.segment.name!r}: Inductor could not compile it: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        self.info.update(builds=int(self.info["builds"]) + 1,
+                         build_seconds=round(float(self.info["build_seconds"]) + time.perf_counter() - start, 3))
+        return compiled

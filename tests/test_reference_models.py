@@ -1,0 +1,67 @@
+"""The trained reference models, the judge and the data split they rest on."""
+
+import pytest
+import torch
+
+import speca_compile
+from speca_compile import sampling
+from speca_compile.errors import SpecaError
+from speca_compile.reference import digits, judge, store
+
+
+def test_split_is_fixed_disjoint_and_stratified():
+    train_x, train_y = digits.split("train")
+    held_x, held_y = digits.split("held_out")
+    assert train_x.shape[1:] == (1, 16, 16) and len(train_y) + len(held_y) == 1797
+    assert train_x.min() >= -1 and train_x.max() <= 1
+    assert torch.bincount(held_y, minlength=10).min() >= 35          # every digit held out
+    flat_train = {tuple(v.flatten().tolist()) for v in train_x}
+    assert not any(tuple(v.flatten().tolist()) in flat_train for v in held_x[:50])
+    with pytest.raises(ValueError, match="valid: 'train', 'held_out'"):
+        digits.split("test")
+
+
+def test_judge_meets_its_accuracy_bar_on_held_out_digits():
+    held_x, held_y = digits.split("held_out")
+    assert judge.accuracy(store.load_judge(), held_x, held_y) >= 0.97
+
+
+def test_digits_fd_is_near_zero_for_the_same_distribution_and_grows_with_damage():
+    j = store.load_judge()
+    held_x, _ = digits.split("held_out")
+    train_x, _ = digits.split("train")
+    same = judge.frechet_distance(j, train_x[:360], held_x)
+    noisy = judge.frechet_distance(j, (train_x[:360] + 0.5 * torch.randn(360, 1, 16, 16)).clamp(-1, 1), held_x)
+    assert 0 <= same < noisy
+
+
+def test_missing_weights_say_how_to_make_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECA_REFERENCE_DIR", str(tmp_path))
+    with pytest.raises(SpecaError, match="python -m speca_compile.reference.train dit_digits"):
+        store.load("dit_digits")
+
+
+def _trajectory(ref, model, steps, batch=2, seed=0):
+    extra = ref.make_inputs(batch, seed + 1)
+    noise = torch.randn(ref.latent_shape(batch), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return sampling.denoise(lambda x, t: ref.call(model, x, t, extra), noise, steps, ref.kind)
+
+
+@pytest.mark.parametrize("name", store.NAMES)
+def test_full_path_matches_eager_and_lowerings_agree_on_decisions(name, tmp_path):
+    ref = store.load(name)
+    eager = _trajectory(ref, ref.model, 8)
+    for lowering in ("eager", "onnxruntime"):
+        full = torch.compile(ref.model, backend="speca",
+                             options={"speculate": False, "lowering": lowering, "cache_dir": str(tmp_path)})
+        out = _trajectory(ref, full, 8)
+        assert float((out - eager).norm() / eager.norm()) < 1e-4, lowering
+    decisions = {}
+    for lowering in ("eager", "onnxruntime"):
+        spec = torch.compile(ref.model, backend="speca", dynamic=True,
+                             options={"lowering": lowering, "cache_dir": str(tmp_path)})
+        _trajectory(ref, spec, 20)
+        decisions[lowering] = speca_compile.stats(spec)["trajectories"][-1]["decisions"]
+    assert decisions["onnxruntime"] == decisions["eager"]
+    assert sum(d.count("F") for d in decisions["eager"]) < 20 * 4     # it did speculate
