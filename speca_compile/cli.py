@@ -30,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help=f"comma-separated: trained {', '.join(REFERENCE)} or tiny random "
                             f"{', '.join(sorted(zoo.BUILDERS))}")
     bench.add_argument("--steps", type=int, default=50)
-    bench.add_argument("--images", type=int, default=100, help="images per method (same seeds for all)")
+    bench.add_argument("--images", type=int, default=50, help="images per method (same seeds for all)")
     bench.add_argument("--batch", type=int, default=25, help="images per sampler call")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept")
     bench.add_argument("--tau0", default="0.05,0.1,0.2,0.4", help="comma-separated thresholds, one row each")

@@ -31,7 +31,7 @@ REFERENCE = ("dit_digits", "flux_digits")
 class BenchConfig:
     models: Sequence[str] = REFERENCE
     steps: int = 50
-    images: int = 100
+    images: int = 50
     batch: int = 25
     repeats: int = 3
     taus: Sequence[float] = (0.05, 0.1, 0.2, 0.4)

@@ -89,7 +89,7 @@ def _sample(ref, count: int, steps: int, seed: int = 0):
     return ref.decode(out), extra["labels"]
 
 
-def pick_guidance(name, net, encoder, steps: int = 50, count: int = 200) -> Dict:
+def pick_guidance(name, net, encoder, steps: int = 50, count: int = 100) -> Dict:
     judge = store.load_judge()
     held_x, _ = digits.split("held_out")
     sweep: List[Dict] = []
@@ -106,7 +106,7 @@ def pick_guidance(name, net, encoder, steps: int = 50, count: int = 200) -> Dict
 
 
 def train_generator(name: str, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
-                    ema_decay: float = 0.999) -> Dict:
+                    ema_decay: float = 0.999, sweep_samples: int = 100) -> Dict:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     net = models.build_dit() if name == "dit_digits" else models.build_flux()
@@ -145,8 +145,9 @@ def train_generator(name: str, steps: int, batch: int = 64, lr: float = 1e-3, se
               "train_steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema_decay": ema_decay,
               "final_loss": sum(losses[-200:]) / len(losses[-200:]), "train_seconds": time.time() - start,
               "threads": torch.get_num_threads(),
-              "command": f"python -m speca_compile.reference.train {name} --steps {steps} --batch {batch} --seed {seed}"}
-    config.update(pick_guidance(name, ema_net, ema_enc))
+              "command": (f"python -m speca_compile.reference.train {name} --steps {steps} --batch {batch} "
+                          f"--seed {seed} --sweep-samples {sweep_samples}")}
+    config.update(pick_guidance(name, ema_net, ema_enc, count=sweep_samples))
     tensors = {f"transformer.{k}": v for k, v in ema_net.state_dict().items()}
     if ema_enc is not None:
         tensors.update({f"label_encoder.{k}": v for k, v in ema_enc.state_dict().items()})
@@ -162,12 +163,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=40, help="epochs (judge)")
     parser.add_argument("--batch", type=int, default=64, help="batch size (generators)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-samples", type=int, default=100,
+                        help="samples per guidance scale when picking the scale (generators)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     if args.name == store.JUDGE:
         config = train_judge(args.epochs, args.seed)
     else:
-        config = train_generator(args.name, args.steps, batch=args.batch, seed=args.seed)
+        config = train_generator(args.name, args.steps, batch=args.batch, seed=args.seed,
+                                  sweep_samples=args.sweep_samples)
     print({k: v for k, v in config.items() if k != "architecture"})
     return 0
 
