@@ -34,7 +34,7 @@ class BenchConfig:
     images: int = 50
     batch: int = 25
     repeats: int = 3
-    taus: Sequence[float] = (0.05, 0.1, 0.2, 0.4)
+    taus: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4)
     lowerings: Sequence[str] = ("eager", "onnxruntime")
     inductor: bool = True
     peers: bool = True
@@ -97,7 +97,17 @@ class _ImageSet:
         return torch.cat([extra["labels"] for _, extra in self.chunks])
 
 
+# Every row compiles the same forward (one Dynamo cache entry per backend and options);
+# Dynamo's default of 8 entries per code object would run later rows eagerly
+RECOMPILE_LIMIT = 64
+
+
 def bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> List[Row]:
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _bench_model(ref, config, progress, on_methods)
+
+
+def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> List[Row]:
     def tick(label):
         if progress:
             progress(f"{ref.name}: {label}")
@@ -129,6 +139,9 @@ def _summary(method, chunks: int) -> Dict:
     import speca_compile
 
     trajectories = speca_compile.stats(method.module)["trajectories"][-chunks:]
+    if len(trajectories) < chunks:
+        raise RuntimeError(f"bench row {method.name!r}: the speca runtime saw {len(trajectories)} of {chunks} "
+                           "trajectories; Dynamo ran the model without the backend (recompile limit?)")
     full = sum(t["full"] for t in trajectories)
     total = sum(t["steps"] * t["batch_size"] for t in trajectories)
     return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in trajectories),

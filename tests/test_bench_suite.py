@@ -1,0 +1,35 @@
+"""``speca bench`` internals: rows on a trained model carry every metric; peers run and are measured."""
+
+import math
+
+import pytest
+
+from speca_compile.bench.suite import BenchConfig, bench_model, load_model
+
+
+def test_reference_model_rows_carry_quality_compute_and_memory():
+    config = BenchConfig(models=("dit_digits",), steps=8, images=4, batch=2, repeats=1, taus=(1e30,),
+                         lowerings=("eager",), inductor=False, peers=False)
+    rows = {r.method: r for r in bench_model(load_model("dit_digits"), config)}
+    eager, full, spec = rows["eager"], rows["speca[eager] full (speculate=False)"], rows["speca[eager] tau0=1e+30"]
+    assert math.isinf(eager.psnr_db) and eager.ssim > 0.9999 and eager.flops_fraction == 1.0
+    assert full.flops_fraction == 1.0 and full.rel_l2 < 1e-5
+    # 8 steps, never rejected: warmup 3, then forecasts, so 3 full steps of 8 per sample
+    assert spec.full_fraction == 3 / 8 and spec.flops_fraction < 0.7 and 0 < spec.verify_fraction < 1
+    for row in rows.values():
+        assert 0 <= row.accuracy <= 1 and row.digits_fd >= 0 and row.peak_memory_mb > 0
+    assert spec.ssim < 1.0 and spec.cache_bytes > 0
+
+
+def test_peer_caches_run_on_flux_and_are_counted():
+    pytest.importorskip("cache_dit")
+    config = BenchConfig(models=("flux",), steps=8, images=2, batch=2, repeats=1, taus=(0.1,),
+                         lowerings=("eager",), inductor=False, peers=True)
+    rows = bench_model(load_model("flux"), config)
+    families = {r.family for r in rows}
+    assert {"diffusers FirstBlockCache", "diffusers TaylorSeerCache", "diffusers MagCache",
+            "cache-dit DBCache+TaylorSeer"} <= families
+    for row in rows:
+        assert row.flops_fraction is not None and 0 < row.flops_fraction <= 1.0 + 1e-9
+    # the peers skip work, and the meter sees it
+    assert min(r.flops_fraction for r in rows if not r.family.startswith(("eager", "speca"))) < 1.0
