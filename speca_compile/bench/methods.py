@@ -13,7 +13,7 @@ import ast
 import contextlib
 import copy
 import io
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -28,6 +28,7 @@ class Method:
     # False: running under a dispatch mode would not measure this method (Dynamo runs
     # compiled code eagerly then); the suite counts it as the eager full compute instead
     meterable = True
+    full_compute = False   # runs every block at every step (eager, plain compilation)
 
     def __init__(self, name: str, module: torch.nn.Module):
         self.name = name
@@ -46,10 +47,6 @@ class Method:
     def meters_per_call(self) -> bool:
         return True
 
-    def summary(self) -> Dict:
-        """full_fraction and cache_bytes where the method knows them."""
-        return {}
-
     def sample(self, ref, noise, extra, steps: int, meter=None) -> torch.Tensor:
         def predict(x, t):
             with self.call_context():
@@ -66,11 +63,13 @@ class Method:
 
 class Eager(Method):
     family = "eager"
+    full_compute = True
 
 
 class Inductor(Method):
     family = "torch.compile (inductor)"
     meterable = False
+    full_compute = True
 
     def __init__(self, module):
         super().__init__("torch.compile default", torch.compile(module))
@@ -83,21 +82,12 @@ class Speca(Method):
         super().__init__(name, torch.compile(module, backend="speca", options=options, dynamic=True))
         self.options = options
         self.family = f"speca[{options.get('lowering', 'eager')}]"
-        self.batch_images = 0
 
     def metering(self, meter):
         return speca_compile.metered(self.module, meter)
 
     def meters_per_call(self) -> bool:
         return False
-
-    def summary(self) -> Dict:
-        trajectories = speca_compile.stats(self.module)["trajectories"]
-        if not trajectories:
-            return {}
-        last = trajectories[-1]
-        return {"full_fraction": last["full"] / (last["steps"] * last["batch_size"]),
-                "cache_bytes": last["cache_bytes"], "decisions": last["decisions"]}
 
 
 class DiffusersHook(Method):
@@ -164,7 +154,7 @@ def calibrate_mag_ratios(ref, noise, extra, steps: int) -> List[float]:
     return [float(v) for v in ast.literal_eval(lines[-1])]
 
 
-def build_methods(ref, config, noise, extra, progress: Optional[Callable[[str], None]] = None) -> List[Method]:
+def build_methods(ref, config, noise, extra) -> List[Method]:
     """Every row for ``ref`` under ``config`` (a BenchConfig)."""
     methods: List[Method] = [Eager("eager", ref.model)]
     for lowering in config.lowerings:

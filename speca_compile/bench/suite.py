@@ -114,7 +114,7 @@ def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> Li
 
     torch._dynamo.reset()
     images = _ImageSet(ref, config)
-    methods = methods_mod.build_methods(ref, config, *images.chunks[0], progress=tick)
+    methods = methods_mod.build_methods(ref, config, *images.chunks[0])
     if on_methods:
         on_methods(len(methods))
     results, compile_s, meters, summaries = {}, {}, {}, {}
@@ -168,8 +168,7 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             model=ref.name, method=m.name, family=m.family,
             seconds_per_image=medians[m.name] / config.images,
             speedup=medians["eager"] / medians[m.name],
-            full_fraction=summaries[m.name].get("full_fraction", 1.0 if m.family in ("eager",) or "full" in m.name
-                                                or isinstance(m, methods_mod.Inductor) else None),
+            full_fraction=summaries[m.name].get("full_fraction", 1.0 if m.full_compute else None),
             flops_fraction=None if counted is None else counted.flops / eager_flops,
             verify_fraction=None if counted is None or not counted.flops
             else counted.section_flops.get("verify", 0) / counted.flops,
