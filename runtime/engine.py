@@ -45,8 +45,6 @@ class EagerFallback(Engine):
         try:
             return self.engine.run(inputs)
         except LoweringError as exc:
-            if isinstance(self.engine, EagerEngine):
-                raise
             warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
                           f"(on_lowering_error='eager'): {exc}", stacklevel=2)
             self.info = {**dict(self.engine.info), "segment": self.segment.name,
@@ -58,7 +56,7 @@ class EagerFallback(Engine):
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     """One engine per segment, keyed by segment name."""
     engines = _lower(program, options)
-    if options.on_lowering_error == "eager":
+    if options.on_lowering_error == "eager" and options.lowering != "eager":
         segments = {seg.name: seg for seg in program.segments}
         return {name: EagerFallback(engine, segments[name]) for name, engine in engines.items()}
     return engines

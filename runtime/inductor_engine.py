@@ -47,22 +47,21 @@ class InductorEngine(Engine):
         key = _signature(inputs)
         compiled = self.variants.get(key)
         if compiled is None:
-            outputs = list(self.segment.module(*inputs))
-            if not all(isinstance(v, torch.Tensor) for v in outputs):
-                self.variants[key] = self.segment.module
-                self.info["runs"] = "eager (returns non-tensor values)"
-                return outputs
             compiled = self.variants[key] = self._build(list(inputs))
         return list(compiled(*inputs))
 
     def _build(self, inputs: List) -> Callable:
         from torch._inductor.compile_fx import compile_fx
 
+        io_spec = analyze_segment(self.segment, inputs)
+        if io_spec.scalar_outputs:
+            self.info["runs"] = "eager (returns non-tensor values)"
+            return self.segment.module
         start = time.perf_counter()
         try:
             # .item() of one-element constants (an eps, a rope theta) becomes its number,
             # as for ONNX export: Inductor cannot trace data-dependent scalars
-            module = prepare_for_export(self.segment.module, analyze_segment(self.segment, inputs), inputs)
+            module = prepare_for_export(self.segment.module, io_spec, inputs)
             compiled = compile_fx(module, inputs)
         except Exception as exc:
             raise LoweringError(f"segment {self.segment.name!r}: Inductor could not compile it: "

@@ -26,6 +26,6 @@ def test_sample_digits_example_draws_full_and_speculative_digits(tmp_path):
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
     full, total = (int(v) for v in lines["full sample-steps"].split(" of "))
     assert total == 1000 and full < total / 2
-    assert float(lines["PSNR vs full compute"].split()[0]) > 30     # measured 32.6 dB
+    assert float(lines["PSNR vs full compute"].split()[0]) > 30     # measured 30.6 dB
     assert lines["judge accuracy (full compute)"] == "100%"
     assert out.stat().st_size > 1000

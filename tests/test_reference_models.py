@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import speca_compile
-from speca_compile import sampling
 from speca_compile.errors import SpecaError
 from speca_compile.reference import digits, judge, store
+from tests import helpers
 
 
 def test_split_is_fixed_disjoint_and_stratified():
@@ -41,27 +41,20 @@ def test_missing_weights_say_how_to_make_them(tmp_path, monkeypatch):
         store.load("dit_digits")
 
 
-def _trajectory(ref, model, steps, batch=2, seed=0):
-    extra = ref.make_inputs(batch, seed + 1)
-    noise = torch.randn(ref.latent_shape(batch), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return sampling.denoise(lambda x, t: ref.call(model, x, t, extra), noise, steps, ref.kind)
-
-
 @pytest.mark.parametrize("name", store.NAMES)
 def test_full_path_matches_eager_and_lowerings_agree_on_decisions(name, tmp_path):
     ref = store.load(name)
-    eager = _trajectory(ref, ref.model, 8)
+    eager = helpers.trajectory(ref, ref.model, 2, 8)
     for lowering in ("eager", "onnxruntime"):
         full = torch.compile(ref.model, backend="speca",
                              options={"speculate": False, "lowering": lowering, "cache_dir": str(tmp_path)})
-        out = _trajectory(ref, full, 8)
-        assert float((out - eager).norm() / eager.norm()) < 1e-4, lowering
+        out = helpers.trajectory(ref, full, 2, 8)
+        assert helpers.rel_err(out, eager) < 1e-4, lowering
     decisions = {}
     for lowering in ("eager", "onnxruntime"):
         spec = torch.compile(ref.model, backend="speca", dynamic=True,
                              options={"lowering": lowering, "cache_dir": str(tmp_path)})
-        _trajectory(ref, spec, 20)
+        helpers.trajectory(ref, spec, 2, 20)
         decisions[lowering] = speca_compile.stats(spec)["trajectories"][-1]["decisions"]
     assert decisions["onnxruntime"] == decisions["eager"]
     assert sum(d.count("F") for d in decisions["eager"]) < 20 * 4     # it did speculate

@@ -41,7 +41,7 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
 class OpMeter(TorchDispatchMode):
     """Counts FLOPs (total and per named section) and peak live bytes while active.
 
-    Can be entered many times; counts accumulate until ``clear``.
+    Can be entered many times; counts accumulate over every entry.
     """
 
     def __init__(self):
@@ -52,9 +52,6 @@ class OpMeter(TorchDispatchMode):
         self._live: Dict[int, list] = {}   # data_ptr -> [nbytes, live tensor count]
         self.live_bytes = 0
         self.peak_bytes = 0
-
-    def clear(self) -> None:
-        self.flops, self.section_flops, self.peak_bytes = 0, {}, self.live_bytes
 
     @contextlib.contextmanager
     def section(self, name: str):

@@ -26,7 +26,8 @@ class Method:
 
     family = "eager"
     # False: running under a dispatch mode would not measure this method (Dynamo runs
-    # compiled code eagerly then); the suite counts it as the eager full compute instead
+    # compiled code eagerly then, compiled engines run outside PyTorch's dispatcher);
+    # the suite counts its eager twin instead
     meterable = True
     full_compute = False   # runs every block at every step (eager, plain compilation)
 
@@ -82,6 +83,8 @@ class Speca(Method):
         super().__init__(name, torch.compile(module, backend="speca", options=options, dynamic=True))
         self.options = options
         self.family = f"speca[{options.get('lowering', 'eager')}]"
+        # compiled engines run outside the meter's view; the eager-lowering twin is counted
+        self.meterable = options.get("lowering", "eager") == "eager"
 
     def metering(self, meter):
         return speca_compile.metered(self.module, meter)

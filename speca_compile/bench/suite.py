@@ -2,9 +2,11 @@
 
 * Speed: wall seconds to generate the whole image set, interleaved rounds,
   median; speedup is the ratio to eager's median in the same run.
-* Compute: FLOPs counted by ``OpMeter`` in one extra metered run (ONNX
-  Runtime executes outside PyTorch, so an ONNX Runtime row takes the count of
-  the eager-lowering row with the same settings when their decisions match).
+* Compute: FLOPs counted by ``OpMeter`` in one extra metered run of each row
+  whose work PyTorch executes op by op; a compiled row (ONNX Runtime and
+  Inductor engines, torch.compile) takes the count of its eager twin: the
+  eager-lowering row with the same settings when their decisions match, or
+  eager itself for full compute.
 * Quality against the full-compute (eager) images of the same seeds: PSNR,
   SSIM, relative L2; against the data (trained reference models only): the
   judge's accuracy on the class-conditional samples and digits-FD.
@@ -23,6 +25,7 @@ from speca_compile.bench import methods as methods_mod
 from speca_compile.bench.meter import OpMeter
 from speca_compile.bench.quality import image_psnr, psnr, relative_l2, ssim
 from speca_compile.bench.timing import interleaved_medians
+from speca_compile.reference.digits import to_unit
 
 REFERENCE = ("dit_digits", "flux_digits")
 
@@ -158,12 +161,14 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
         from speca_compile.reference import digits, store
         judge, held_out = store.load_judge(), digits.split("held_out")[0]
     reference = results["eager"]
+    picture_ref = None if decode is None else to_unit(decode(reference))
     eager_flops = meters["eager"].flops
     rows = []
     for m in methods:
         out = results[m.name]
-        counted = _counted(m, methods, meters, summaries)
-        picture, picture_ref = (None, None) if decode is None else (_unit(decode(out)), _unit(decode(reference)))
+        decoded = None if decode is None else decode(out)
+        picture = None if decoded is None else to_unit(decoded)
+        counted = _counted(m, meters, summaries)
         rows.append(Row(
             model=ref.name, method=m.name, family=m.family,
             seconds_per_image=medians[m.name] / config.images,
@@ -175,26 +180,22 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             psnr_db=image_psnr(picture, picture_ref) if picture is not None else psnr(out, reference),
             ssim=ssim(picture, picture_ref) if picture is not None else None,
             rel_l2=relative_l2(out, reference),
-            accuracy=judge_mod.accuracy(judge, decode(out), labels) if judge is not None else None,
-            digits_fd=judge_mod.frechet_distance(judge, decode(out), held_out) if judge is not None else None,
-            peak_memory_mb=counted.peak_bytes / 2**20 if counted is meters.get(m.name) else None,
+            accuracy=judge_mod.accuracy(judge, decoded, labels) if judge is not None else None,
+            digits_fd=judge_mod.frechet_distance(judge, decoded, held_out) if judge is not None else None,
+            peak_memory_mb=meters[m.name].peak_bytes / 2**20 if m.name in meters else None,
             cache_bytes=summaries[m.name].get("cache_bytes"),
             compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
         ))
     return rows
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return ((images.clamp(-1, 1) + 1) / 2).float()
-
-
-def _counted(method, methods, meters, summaries):
+def _counted(method, meters, summaries):
     """The meter that saw this method's work, or None when nothing in PyTorch did."""
-    if not method.meterable:
-        return meters["eager"]   # full compute, the same ops as eager
-    lowering = getattr(method, "options", {}).get("lowering", "eager")
-    if lowering == "eager":
+    if method.name in meters:
         return meters[method.name]
+    if method.full_compute:
+        return meters["eager"]   # the same ops as eager
+    lowering = method.options["lowering"]
     twin = method.name.replace(f"speca[{lowering}]", "speca[eager]")
     if twin in meters and summaries.get(twin, {}).get("decisions") == summaries[method.name].get("decisions"):
         return meters[twin]
