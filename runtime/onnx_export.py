@@ -32,7 +32,7 @@ class TensorOnlySegment(torch.nn.Module):
 
     def __init__(self, segment: Segment, io_spec: SegmentIO, values: Sequence):
         super().__init__()
-        self.graph_module = prepare_for_export(segment.module, io_spec, values)
+        self.graph_module = prepare_for_export(segment.module, io_spec, values, on_cpu=True)
         self.io_spec = io_spec
         self.tensor_positions = io_spec.tensor_inputs
         for i, spec in enumerate(io_spec.inputs):
@@ -57,8 +57,9 @@ class TensorOnlySegment(torch.nn.Module):
         return tuple(outputs[i] for i in self.io_spec.tensor_outputs)
 
 
-def prepare_for_export(module: torch.fx.GraphModule, io_spec: SegmentIO, values: Sequence):
-    """A copy of ``module`` with two rewrites the exporter needs.
+def prepare_for_export(module: torch.fx.GraphModule, io_spec: SegmentIO, values: Sequence,
+                       on_cpu: bool = False):
+    """A copy of ``module`` with the rewrites the exporter needs.
 
     * ``.item()`` of a weight input becomes its number: under dynamic shapes
       Dynamo keeps ``.item()`` of module constants (an eps, a rope theta) as
@@ -67,6 +68,11 @@ def prepare_for_export(module: torch.fx.GraphModule, io_spec: SegmentIO, values:
       torch, but the exporter (torch 2.13) emits an ONNX Squeeze that fails at
       run time (PixArt's output layer).  A symbolic size is never 1 (Dynamo
       specialises sizes 0 and 1).
+    * ``on_cpu``: device arguments (``torch.arange(..., device="cuda")``) become
+      the CPU.  ONNX export traces on the CPU whatever device the model is on:
+      on CUDA, torch.export takes device-specific paths (``rms_norm`` becomes
+      ``aten._fused_rms_norm``, which has no ONNX translation), and the ONNX
+      graph holds no devices anyway.
     """
     graph = torch.fx.Graph()
     env = {}
@@ -82,8 +88,21 @@ def prepare_for_export(module: torch.fx.GraphModule, io_spec: SegmentIO, values:
         if _is_noop_squeeze(node):
             env[node] = env[node.args[0]]
             continue
-        env[node] = graph.node_copy(node, lambda a: env[a])
+        copied = graph.node_copy(node, lambda a: env[a])
+        if on_cpu:
+            copied.args, copied.kwargs = _cpu_devices(copied.args), _cpu_devices(copied.kwargs)
+        env[node] = copied
     return torch.fx.GraphModule(module, graph, class_name="SpecaFolded")
+
+
+def _cpu_devices(value):
+    if isinstance(value, torch.device):
+        return torch.device("cpu")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_devices(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cpu_devices(v) for k, v in value.items()}
+    return value
 
 
 def _is_noop_squeeze(node: torch.fx.Node) -> bool:
@@ -104,8 +123,9 @@ def input_names(io_spec: SegmentIO) -> List[str]:
 
 def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path: Path) -> None:
     """Write ``segment`` as a self-contained ONNX file at ``path``."""
+    values = [v.detach().cpu() if isinstance(v, torch.Tensor) else v for v in values]
     module = TensorOnlySegment(segment, io_spec, values).eval()
-    tensors = tuple(values[i].detach() for i in io_spec.tensor_inputs)
+    tensors = tuple(values[i] for i in io_spec.tensor_inputs)
     dynamic = tuple({axis: torch.export.Dim.AUTO
                      for axis, size in enumerate(io_spec.inputs[i].shape) if size is None}
                     for i in io_spec.tensor_inputs)

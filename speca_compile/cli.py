@@ -40,6 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
     bench.add_argument("--no-peers", action="store_true",
                        help="leave out diffusers' caching hooks and cache-dit")
+    bench.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N")
     bench.add_argument("--quick", action="store_true",
                        help="20 steps, 10 images, one round, tau0=0.1, no inductor or peers: a smoke run")
     bench.add_argument("--out", default="bench_results",
@@ -86,6 +87,18 @@ def _parse_taus(text: str) -> tuple:
     return taus
 
 
+def _parse_device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise SystemExit(f"speca bench: --device got {text!r}; valid: cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"speca bench: --device {text}: this PyTorch build sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"speca bench: --device {text}: only cpu and cuda are supported")
+    return str(device)
+
+
 def _bench(args, argv: List[str]) -> int:
     from tqdm import tqdm
 
@@ -103,7 +116,8 @@ def _bench(args, argv: List[str]) -> int:
     for field in ("steps", "images", "batch", "repeats"):
         if settings[field] < 1:
             raise SystemExit(f"speca bench: --{field} must be >= 1")
-    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, **settings)
+    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings,
+                         device=_parse_device(args.device), **settings)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
     with tqdm(total=0, desc="speca bench", unit="run") as bar:
         def tick(label):
@@ -113,8 +127,9 @@ def _bench(args, argv: List[str]) -> int:
         def grow(methods):
             bar.total += methods * per_method
             bar.refresh()
-        rows = run_suite(config, tick, grow)
-    command = "speca " + " ".join(shlex.quote(a) for a in argv)
+        command = "speca " + " ".join(shlex.quote(a) for a in argv)
+        # written after each model, so a long run that is stopped keeps what it measured
+        rows = run_suite(config, tick, grow, lambda done: report.write(done, config, command, Path(args.out)))
     paths = report.write(rows, config, command, Path(args.out))
     print(report.markdown(rows))
     print(f"\nwrote {paths['json']}, {paths['markdown']} and {paths['plot']}")

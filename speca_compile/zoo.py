@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised diffusers DiTs with matching inputs.
+"""Randomly initialised diffusers DiTs with matching inputs: tiny ones, and the published DiT sizes.
 
 Used by the tests, ``speca inspect`` and smoke benchmarks to cover every
 architecture family the backend must partition (DiT, PixArt, SD3, Flux)
@@ -9,6 +9,7 @@ the trained reference models do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Dict
 
 import torch
@@ -43,7 +44,7 @@ def tiny_dit(seed: int = 0, layers: int = 3) -> ZooModel:
         return {"class_labels": torch.randint(0, 10, (batch,), generator=g)}
 
     def call(m, x, t, extra):
-        ts = torch.full((x.shape[0],), t)
+        ts = torch.full((x.shape[0],), t, device=x.device)
         return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
 
     return ZooModel("dit", model, "ddim", make_inputs, lambda b: (b, 4, 8, 8), call)
@@ -64,7 +65,7 @@ def tiny_pixart(seed: int = 0, layers: int = 3) -> ZooModel:
                 "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
 
     def call(m, x, t, extra):
-        ts = torch.full((x.shape[0],), t)
+        ts = torch.full((x.shape[0],), t, device=x.device)
         return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
 
     return ZooModel("pixart", model, "ddim", make_inputs, lambda b: (b, 4, 8, 8), call)
@@ -85,7 +86,7 @@ def tiny_sd3(seed: int = 0, layers: int = 3) -> ZooModel:
                 "pooled_projections": torch.randn(batch, 16, generator=g)}
 
     def call(m, x, t, extra):
-        ts = torch.full((x.shape[0],), t * 1000.0)
+        ts = torch.full((x.shape[0],), t * 1000.0, device=x.device)
         return _first(m(x, timestep=ts, return_dict=False, **extra))
 
     return ZooModel("sd3", model, "flow", make_inputs, lambda b: (b, 4, 8, 8), call)
@@ -110,13 +111,50 @@ def tiny_flux(seed: int = 0, layers: int = 2, single_layers: int = 2) -> ZooMode
                 "img_ids": img_ids, "txt_ids": torch.zeros(text, 3)}
 
     def call(m, x, t, extra):
-        ts = torch.full((x.shape[0],), t)
+        ts = torch.full((x.shape[0],), t, device=x.device)
         return _first(m(x, timestep=ts, return_dict=False, **extra))
 
     return ZooModel("flux", model, "flow", make_inputs, lambda b: (b, tokens, 16), call)
 
 
-BUILDERS = {"dit": tiny_dit, "pixart": tiny_pixart, "sd3": tiny_sd3, "flux": tiny_flux}
+# Published DiT sizes (Peebles & Xie, table 1) at 256x256 images: 32x32x4 latents, patch 2,
+# 256 tokens.  Random weights: for speed figures only, never quality.
+DIT_SIZES = {"dit_s2": (12, 6, 64), "dit_b2": (12, 12, 64), "dit_xl2": (28, 16, 72)}
+
+
+def sized_dit(name: str, seed: int = 0) -> ZooModel:
+    from diffusers import DiTTransformer2DModel
+
+    layers, heads, head_dim = DIT_SIZES[name]
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
+                                  out_channels=8, num_layers=layers, sample_size=32, patch_size=2,
+                                  num_embeds_ada_norm=1000, norm_type="ada_norm_zero").eval()
+
+    def make_inputs(batch, s):
+        g = torch.Generator().manual_seed(s)
+        return {"class_labels": torch.randint(0, 1000, (batch,), generator=g)}
+
+    def call(m, x, t, extra):
+        ts = torch.full((x.shape[0],), t, device=x.device)
+        return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
+
+    return ZooModel(name, model, "ddim", make_inputs, lambda b: (b, 4, 32, 32), call)
+
+
+BUILDERS = {"dit": tiny_dit, "pixart": tiny_pixart, "sd3": tiny_sd3, "flux": tiny_flux,
+            **{name: functools.partial(sized_dit, name) for name in DIT_SIZES}}
+
+
+def to_device(value, device):
+    """``value`` (a tensor, or dicts/lists/tuples of them) with every tensor moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def build(name: str, **kwargs) -> ZooModel:

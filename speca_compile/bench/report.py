@@ -19,9 +19,11 @@ COLUMNS = ("model", "method", "s/image", "speedup", "full steps", "FLOPs", "veri
 
 
 def machine() -> Dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "threads": str(torch.get_num_threads())}
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def _f(value, fmt: str, scale: float = 1.0) -> str:

@@ -42,6 +42,7 @@ class BenchConfig:
     inductor: bool = True
     peers: bool = True
     seed: int = 0
+    device: str = "cpu"
 
 
 @dataclasses.dataclass
@@ -72,10 +73,14 @@ def load_model(name: str):
 
 
 def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = None,
-              on_methods: Optional[Callable[[int], None]] = None) -> List[Row]:
+              on_methods: Optional[Callable[[int], None]] = None,
+              on_rows: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
+    """Every model in turn; ``on_rows`` sees the rows so far after each model (partial reports)."""
     rows: List[Row] = []
     for name in config.models:
         rows.extend(bench_model(load_model(name), config, progress, on_methods))
+        if on_rows:
+            on_rows(rows)
     return rows
 
 
@@ -84,20 +89,22 @@ class _ImageSet:
 
     def __init__(self, ref, config: BenchConfig):
         self.ref = ref
-        self.chunks = []
+        self.chunks, self._labels = [], []
         for start in range(0, config.images, config.batch):
             size = min(config.batch, config.images - start)
             seed = config.seed + start
             noise = torch.randn(ref.latent_shape(size), generator=torch.Generator().manual_seed(seed))
-            self.chunks.append((noise, ref.make_inputs(size, seed + 10_000)))
+            extra = ref.make_inputs(size, seed + 10_000)
+            self._labels.append(extra.get("labels"))
+            self.chunks.append((noise.to(config.device), zoo.to_device(extra, config.device)))
 
     def generate(self, method, steps: int, meter=None) -> torch.Tensor:
-        return torch.cat([method.sample(self.ref, noise, extra, steps, meter) for noise, extra in self.chunks])
+        """The whole image set on the CPU; the copy also waits for a GPU to finish (timing)."""
+        return torch.cat([method.sample(self.ref, noise, extra, steps, meter).cpu()
+                          for noise, extra in self.chunks])
 
     def labels(self) -> Optional[torch.Tensor]:
-        if "labels" not in self.chunks[0][1]:
-            return None
-        return torch.cat([extra["labels"] for _, extra in self.chunks])
+        return None if self._labels[0] is None else torch.cat(self._labels)
 
 
 # Every row compiles the same forward (one Dynamo cache entry per backend and options);
@@ -116,6 +123,7 @@ def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> Li
             progress(f"{ref.name}: {label}")
 
     torch._dynamo.reset()
+    ref.model.to(config.device)
     images = _ImageSet(ref, config)
     methods = methods_mod.build_methods(ref, config, *images.chunks[0])
     if on_methods:

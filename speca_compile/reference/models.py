@@ -104,8 +104,8 @@ def dit_reference(model: nn.Module, guidance: float) -> ReferenceModel:
 
     def call(m, x, t, extra):
         both = torch.cat([x, x])
-        out = _first(m(both, timestep=torch.full((both.shape[0],), t), class_labels=extra["class_labels"],
-                       return_dict=False))
+        timestep = torch.full((both.shape[0],), t, device=x.device)
+        out = _first(m(both, timestep=timestep, class_labels=extra["class_labels"], return_dict=False))
         return _guided(out, guidance)
 
     return ReferenceModel("dit_digits", model.eval(), "ddim", make_inputs, lambda b: (b, 1, SIZE, SIZE), call,
@@ -124,7 +124,8 @@ def flux_reference(model: nn.Module, encoder: LabelEncoder, guidance: float) -> 
     def call(m, x, t, extra):
         both = torch.cat([x, x])
         kwargs = {k: v for k, v in extra.items() if k != "labels"}
-        out = _first(m(both, timestep=torch.full((both.shape[0],), t), return_dict=False, **kwargs))
+        timestep = torch.full((both.shape[0],), t, device=x.device)
+        out = _first(m(both, timestep=timestep, return_dict=False, **kwargs))
         return _guided(out, guidance)
 
     return ReferenceModel("flux_digits", model.eval(), "flow", make_inputs,
