@@ -49,11 +49,12 @@ def main() -> None:
         print(f"judge accuracy ({name}): {judge.accuracy(j, images[name], extra['labels']):.0%}")
     print(f"seconds (full compute, speca incl. compile): {seconds['full compute']:.1f}, {seconds['speca']:.1f}")
     order = extra["labels"].argsort()       # columns 0 to 9
-    _save({k: v[order] for k, v in unit.items()}, args.out)
+    save_grid({k: v[order] for k, v in unit.items()}, args.out)
     print(f"wrote {args.out}")
 
 
-def _save(unit, path) -> None:
+def save_grid(unit, path) -> None:
+    """Rows of ten digit images (values in [0, 1]), one row per entry of ``unit``, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

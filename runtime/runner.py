@@ -78,9 +78,14 @@ class Runner:
                                                        self.options, self.groups))
         if not self.speculating:
             env = self._run_full(args, None)
-            traj.log(StepRecord(times[0], None, [Outcome.FULL] * batch, [None] * batch))
+            self._log(traj, StepRecord(times[0], None, [Outcome.FULL] * batch, [None] * batch))
             return self._structure(env)
         return self._step(args, traj, torch.tensor(times, dtype=torch.float64))
+
+    def _log(self, traj: Trajectory, record: StepRecord) -> None:
+        traj.log(record)
+        if self.options.progress is not None:
+            self.options.progress(traj.progress())
 
     def _step(self, args, traj: Trajectory, times: torch.Tensor):
         batch = len(times)
@@ -108,7 +113,7 @@ class Runner:
             pieces.append(self._full_and_cache(args, traj, recompute, batch, scaled))
         for s in full:
             outcomes[s] = Outcome.FULL
-        traj.log(StepRecord(float(times[0]), tau, outcomes, errors))
+        self._log(traj, StepRecord(float(times[0]), tau, outcomes, errors))
         return self._merge(pieces, batch)
 
     def _judge(self, error: float, tau: float) -> Outcome:
@@ -264,10 +269,13 @@ def _rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _select_rows(env: Env, names: Sequence[str], rows: torch.Tensor) -> Env:
+    """``env`` with the batched values cut to ``rows``.  A value with one row in a larger
+    batch is shared by every sample (a prompt embedding broadcast over the images) and
+    stays as it is."""
     out = dict(env)
     for name in names:
         value = env[name]
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != 1:
             out[name] = value.index_select(0, rows.to(value.device))
     out["__rows__"] = None
     return out

@@ -11,6 +11,7 @@ trajectories, and a new generation never inherits the last one's cache.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional, Tuple
 
 from speca_compile.options import Options
@@ -19,6 +20,10 @@ from speca_compile.runtime.policy import Outcome, SamplePolicy
 
 MAX_ACTIVE = 8
 MAX_FINISHED = 16
+
+# Generation ids are global (across graphs and models) so that "the latest generation"
+# is well defined when a shape change moves a model's calls to a new graph.
+_GENERATIONS = itertools.count(1)
 
 
 @dataclasses.dataclass
@@ -35,6 +40,7 @@ class Trajectory:
     def __init__(self, number: int, signature: Tuple, batch_size: int, t_first: float,
                  options: Options, groups: Tuple[FeatureGroup, ...]):
         self.number = number
+        self.generation = 0     # set by the tracker
         self.signature = signature
         self.batch_size = batch_size
         self.t_first = t_first
@@ -53,6 +59,14 @@ class Trajectory:
             self.policy.record(sample, outcome)
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes())
 
+    def progress(self) -> Dict:
+        """The figures a ``progress`` callback receives after each step."""
+        last = self.steps[-1]
+        flat = [o for step in self.steps for o in step.outcomes]
+        return {"generation": self.generation, "trajectory": self.number, "step": len(self.steps),
+                "timestep": last.timestep, "decisions": "".join(o.value for o in last.outcomes),
+                "full": sum(o.computed_fully for o in flat), "sample_steps": len(flat)}
+
     def summary(self) -> Dict:
         """Counts and the per-step log, as plain Python values (JSON-ready)."""
         flat = [o for step in self.steps for o in step.outcomes]
@@ -60,6 +74,7 @@ class Trajectory:
                            for s in range(self.batch_size)]
         return {
             "trajectory": self.number,
+            "generation": self.generation,
             "batch_size": self.batch_size,
             "steps": len(self.steps),
             "full": sum(o.computed_fully for o in flat),
@@ -76,7 +91,12 @@ class Trajectory:
 
 
 class TrajectoryTracker:
-    """Routes calls to trajectories; owns the active and recently finished ones."""
+    """Routes calls to trajectories; owns the active and recently finished ones.
+
+    A trajectory that starts while no other is active opens a new generation
+    (one pipeline call); the CFG branch started beside an active one joins its
+    generation.
+    """
 
     def __init__(self):
         self.active: List[Trajectory] = []
@@ -92,6 +112,7 @@ class TrajectoryTracker:
             self._finish(traj)
         self.count += 1
         traj = make(self.count)
+        traj.generation = self.active[-1].generation if self.active else next(_GENERATIONS)
         self.active.append(traj)
         while len(self.active) > MAX_ACTIVE:
             self._finish(self.active[0])

@@ -2,41 +2,44 @@
 
 ``torch.compile(model, backend="speca", options={...})`` works after
 ``pip install`` without importing this package (entry point
-``torch_dynamo_backends``).  This module adds the runtime controls:
-``stats`` and ``reset``.
+``torch_dynamo_backends``).  This module adds the runtime controls
+(``stats``, ``reset``) and the diffusers drop-in (``apply``, ``remove``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import Dict, Optional
 
 from speca_compile.errors import GraphAnalysisError, OptionsError, SpecaError
 from speca_compile.options import Options, valid_keys
+from speca_compile.pipeline import apply, model_of, remove
 from speca_compile.registry import runners_for
 
 __version__ = "0.1.0"
-__all__ = ["stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
+__all__ = ["apply", "remove", "stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
            "GraphAnalysisError", "__version__"]
 
 
 def stats(model) -> Dict:
-    """Per-trajectory figures of a compiled model: full, speculative, rejected
-    sample-steps, per-step decisions and errors, cache bytes.
+    """Per-trajectory figures of a compiled model (or of a pipeline ``apply`` compiled):
+    full, speculative, rejected sample-steps, per-step decisions and errors, cache bytes.
 
     ``graphs`` counts the graphs compiled for this model (one per distinct
     input-shape regime); ``trajectories`` lists every graph's trajectories,
-    oldest first.  Decision codes: F full, S forecast unchecked, A accepted,
-    R rejected and recomputed, D rejected and deferred.
+    oldest first; ``last_call`` sums the latest generation (one pipeline
+    call: its CFG branches and samples).  Decision codes: F full, S forecast
+    unchecked, A accepted, R rejected and recomputed, D rejected and deferred.
     """
-    runners = runners_for(model)
+    runners = runners_for(model_of(model))
     if not runners:
         return {"graphs": 0, "speculation": False,
                 "reason": "no graph of this model was compiled by the speca backend yet "
                           "(call the compiled model once)",
-                "trajectories": []}
+                "trajectories": [], "last_call": None}
     per_graph = [r.stats() for r in runners]
     last = per_graph[-1]
+    trajectories = [t for g in per_graph for t in g["trajectories"]]
     return {
         "graphs": len(runners),
         "speculation": last["speculation"],
@@ -45,14 +48,28 @@ def stats(model) -> Dict:
         "verify_block": last["verify_block"],
         "lowering": last["lowering"],
         "calls": sum(g["calls"] for g in per_graph),
-        "trajectories": [t for g in per_graph for t in g["trajectories"]],
+        "trajectories": trajectories,
+        "last_call": _last_call(trajectories),
         "per_graph": per_graph,
     }
 
 
+def _last_call(trajectories) -> Optional[Dict]:
+    if not trajectories:
+        return None
+    generation = max(t["generation"] for t in trajectories)
+    mine = [t for t in trajectories if t["generation"] == generation]
+    sample_steps = sum(t["steps"] * t["batch_size"] for t in mine)
+    full = sum(t["full"] for t in mine)
+    return {"generation": generation, "trajectories": len(mine), "steps": max(t["steps"] for t in mine),
+            "samples": sum(t["batch_size"] for t in mine), "sample_steps": sample_steps, "full": full,
+            "speculative": sum(t["speculative"] for t in mine), "rejected": sum(t["rejected"] for t in mine),
+            "full_fraction": full / sample_steps if sample_steps else None}
+
+
 def reset(model) -> None:
-    """End every trajectory of ``model``: the next call starts from a clean cache."""
-    for runner in runners_for(model):
+    """End every trajectory of ``model`` (or a pipeline's transformer): the next call starts clean."""
+    for runner in runners_for(model_of(model)):
         runner.reset()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from speca_compile.errors import OptionsError
 
@@ -50,6 +50,9 @@ class Options:
     on_lowering_error: str = "raise"
     timestep_input: Optional[str] = None
     cache_dir: Optional[str] = None
+    # called after every denoising step with a dict of that step's figures
+    # (generation, trajectory, step, timestep, decisions, full, sample_steps)
+    progress: Optional[Callable[[dict], None]] = None
 
     @classmethod
     def parse(cls, options: Optional[Mapping[str, Any]]) -> "Options":
@@ -107,6 +110,8 @@ class Options:
             _check_type("timestep_input", self.timestep_input, str)
         if self.cache_dir is not None:
             _check_type("cache_dir", self.cache_dir, str)
+        if self.progress is not None and not callable(self.progress):
+            raise OptionsError(f"option 'progress' must be a callable taking one dict, got {self.progress!r}")
 
 
 def valid_keys() -> tuple:

@@ -29,3 +29,18 @@ def test_sample_digits_example_draws_full_and_speculative_digits(tmp_path):
     assert float(lines["PSNR vs full compute"].split()[0]) > 30     # measured 30.6 dB
     assert lines["judge accuracy (full compute)"] == "100%"
     assert out.stat().st_size > 1000
+
+
+def test_pipeline_example_runs_diffusers_flux_pipeline_with_speca(tmp_path):
+    out = tmp_path / "pipeline.png"
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "pipeline_flux_digits.py"), "--steps", "30",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines["repeated call identical"] == "True"
+    full, total = (int(v) for v in lines["full sample-steps in the last call"].split(" (")[0].split(" of "))
+    assert total == 600 and full < total / 2
+    assert float(lines["PSNR vs the plain pipeline"].split()[0]) > 30
+    assert lines["judge accuracy"].startswith("plain 100%")
+    assert out.stat().st_size > 1000
