@@ -168,7 +168,7 @@ def _extract(gm: fx.GraphModule, name: str, nodes: Sequence[fx.Node]) -> Segment
         env[n] = graph.node_copy(n, lambda a: env[a] if a in env else lookup(a))
     outputs = [n for n in nodes if any(u not in inside for u in n.users)]
     graph.output(tuple(env[n] for n in outputs))
-    module = fx.GraphModule(gm, graph, class_name=f"SpecaSegment")
+    module = fx.GraphModule(gm, graph, class_name="SpecaSegment")
     return Segment(name, module, tuple(inputs), tuple(n.name for n in outputs))
 
 

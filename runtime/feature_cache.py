@@ -49,7 +49,7 @@ def residual_pairing(target: Sequence[torch.Tensor], base: Sequence[torch.Tensor
     unused = list(range(len(base)))
     pairing = []
     for t in target:
-        match = next((i for i in unused if base[i].shape == t.shape), None)
+        match = next((i for i in unused if isinstance(base[i], torch.Tensor) and base[i].shape == t.shape), None)
         if match is None:
             return None
         unused.remove(match)

@@ -19,7 +19,7 @@ independent: updates and predictions take the sample indices they concern.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 

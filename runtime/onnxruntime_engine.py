@@ -77,12 +77,7 @@ class OnnxRuntimeEngine(Engine):
         return merge_outputs(variant.io, outputs, inputs)
 
     def _execute(self, variant, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
-        feed = {name: _as_numpy(t) for name, t in zip(variant.input_names, tensors)}
-        outputs = [torch.from_numpy(a) for a in variant.session.run(variant.output_names, feed)]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        if device.type != "cpu":
-            outputs = [o.to(device) for o in outputs]
-        return outputs
+        return run_session(variant.session, variant.input_names, variant.output_names, tensors)
 
     def _onnx_file(self, inputs: Sequence):
         """The segment's ONNX file (from the engine cache), its input specs and the cache event."""
@@ -93,33 +88,44 @@ class OnnxRuntimeEngine(Engine):
         return path, io_spec, key, self.cache.events[before][0]
 
     def _build(self, inputs: Sequence) -> _Variant:
-        ort = import_onnxruntime()
         start = time.perf_counter()
         path, io_spec, _, event = self._onnx_file(inputs)
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session_options.intra_op_num_threads = torch.get_num_threads()
-        session_options.inter_op_num_threads = 1
-        session_options.log_severity_level = 3
-        # ORT's worker threads spin after each run by default; between engine calls the
-        # runtime runs torch ops (forecast, merge), which the spinning threads starve
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = ort.InferenceSession(str(path), session_options, providers=_providers(ort, inputs))
-        except Exception as exc:
-            raise LoweringError(f"segment {self.segment.name!r}: ONNX Runtime could not load "
-                                f"{path}: {exc}") from exc
+        on_gpu = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs)
+        session = make_session(path, on_gpu, f"segment {self.segment.name!r}")
         self.info.update(builds=int(self.info["builds"]) + 1, cache=event, file=str(path),
                          build_seconds=round(time.perf_counter() - start, 3))
         return _Variant(io_spec, session)
 
 
-def _providers(ort, inputs: Sequence) -> List[str]:
-    on_gpu = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs)
+def make_session(path, on_gpu: bool, what: str):
+    """An ONNX Runtime session for ``path`` with the options every speca engine uses."""
+    ort = import_onnxruntime()
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.intra_op_num_threads = torch.get_num_threads()
+    session_options.inter_op_num_threads = 1
+    session_options.log_severity_level = 3
+    # ORT's worker threads spin after each run by default; between engine calls the
+    # runtime runs torch ops (forecast, merge), which the spinning threads starve
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
-    if on_gpu and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                 if on_gpu and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), session_options, providers=providers)
+    except Exception as exc:
+        raise LoweringError(f"{what}: ONNX Runtime could not load {path}: {exc}") from exc
+
+
+def run_session(session, input_names: Sequence[str], output_names: Sequence[str],
+                tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Run ``session`` on torch tensors (CPU: shared memory, no copy); outputs on the inputs' device."""
+    feed = {name: _as_numpy(t) for name, t in zip(input_names, tensors)}
+    outputs = [torch.from_numpy(a) for a in session.run(list(output_names), feed)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    if device.type != "cpu":
+        outputs = [o.to(device) for o in outputs]
+    return outputs
 
 
 def _as_numpy(t: torch.Tensor):

@@ -55,6 +55,7 @@ class Runner:
         self._leaves = _leaves(program.output)
         # a dispatch mode entered around every call (speca_compile.metered); None in production
         self.meter = None
+        self.graph_inputs = ()   # where each placeholder comes from (set by the backend; for export)
 
     @property
     def speculating(self) -> bool:

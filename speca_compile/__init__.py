@@ -3,7 +3,8 @@
 ``torch.compile(model, backend="speca", options={...})`` works after
 ``pip install`` without importing this package (entry point
 ``torch_dynamo_backends``).  This module adds the runtime controls
-(``stats``, ``reset``) and the diffusers drop-in (``apply``, ``remove``).
+(``stats``, ``reset``), the diffusers drop-in (``apply``, ``remove``) and
+engine bundles (``export``, ``load``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, Optional
 
-from speca_compile.errors import GraphAnalysisError, OptionsError, SpecaError
+from speca_compile.bundle.export import export
+from speca_compile.bundle.load import load
+from speca_compile.errors import BundleError, GraphAnalysisError, OptionsError, SpecaError
 from speca_compile.options import Options, valid_keys
 from speca_compile.pipeline import apply, model_of, remove
 from speca_compile.registry import runners_for
 
 __version__ = "0.1.0"
-__all__ = ["apply", "remove", "stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
+__all__ = ["apply", "remove", "export", "load", "BundleError", "stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
            "GraphAnalysisError", "__version__"]
 
 

@@ -15,6 +15,7 @@ from speca_compile import registry
 from speca_compile.errors import OptionsError
 from speca_compile.options import Options
 from speca_compile.passes import find_batch_inputs, find_blocks, partition
+from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input
 from speca_compile.runtime.engine import lower
 from speca_compile.runtime.runner import Runner
@@ -38,6 +39,7 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
         notes.append(note)
     engines = lower(program, settings)
     runner = Runner(program, engines, settings, batch_inputs, timestep_index, reason, notes)
+    runner.graph_inputs = describe_graph_inputs(gm, example_inputs)   # for speca_compile.export
     module_state = [v for name, v in zip(program.placeholders, example_inputs)
                     if name not in program.user_inputs]
     registry.register(runner, module_state, options)

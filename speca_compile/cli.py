@@ -23,8 +23,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="speca", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    inspect = sub.add_parser("inspect", help="print the blocks, segments and cut tensors found in a model")
-    inspect.add_argument("model", choices=sorted(zoo.BUILDERS), help="a built-in tiny model")
+    inspect = sub.add_parser("inspect", help="print the blocks, segments and cut tensors found in a model, "
+                                              "or an engine bundle's manifest")
+    inspect.add_argument("model", help=f"a built-in model ({', '.join(sorted(zoo.BUILDERS))}) or a bundle directory")
+
+    export = sub.add_parser("export", help="write an engine bundle of a reference or built-in model")
+    export.add_argument("model", help=f"{', '.join(REFERENCE)} or {', '.join(sorted(zoo.BUILDERS))}")
+    export.add_argument("out", help="the bundle directory to write")
+    export.add_argument("--batch", type=int, default=3,
+                        help="example batch size (images); avoid sizes equal to other axes (Dynamo ties them)")
+    export.add_argument("--tau0", type=float, default=0.1)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+
+    run = sub.add_parser("run", help="sample with a bundle (its example conditioning, fresh noise)")
+    run.add_argument("bundle")
+    run.add_argument("--steps", type=int, default=50)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default=None, help="save the final latents (torch .pt)")
 
     bench = sub.add_parser("bench", help="eager vs compiled vs speculative vs peers: speed, compute, quality")
     bench.add_argument("--models", default=",".join(REFERENCE),
@@ -49,12 +64,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.model)
+    if args.command == "export":
+        from speca_compile.bundle.commands import export_command
+        return export_command(args)
+    if args.command == "run":
+        from speca_compile.bundle.commands import run_command
+        return run_command(args)
     return _bench(args, argv if argv is not None else sys.argv[1:])
 
 
 def _inspect(name: str) -> int:
     import speca_compile
 
+    if Path(name).is_dir():
+        from speca_compile.bundle.commands import inspect_bundle
+        print(inspect_bundle(name))
+        return 0
+    if name not in zoo.BUILDERS:
+        raise SystemExit(f"speca inspect: {name!r} is neither a built-in model "
+                         f"({', '.join(sorted(zoo.BUILDERS))}) nor a bundle directory")
     z = zoo.build(name)
     compiled = torch.compile(z.model, backend="speca")
     with torch.no_grad():

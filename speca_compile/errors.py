@@ -24,3 +24,8 @@ class LoweringError(SpecaError):
 
 class MissingExtraError(SpecaError, ImportError):
     """A lowering needs a package that is not installed; the message names the pip extra."""
+
+
+class BundleError(SpecaError):
+    """An engine bundle could not be written or loaded; the message names the file,
+    the manifest field or the input, and what was expected."""

@@ -64,6 +64,9 @@ def model_of(obj):
     """The module behind ``obj``: a module or compiled wrapper as is, a pipeline's transformer."""
     if isinstance(obj, torch.nn.Module):
         return obj
+    if not hasattr(obj, "transformer"):
+        raise TypeError(f"expected a torch.nn.Module, a torch.compile'd module or a diffusers pipeline, "
+                        f"got {type(obj).__name__}")
     return _transformer_of(obj)
 
 

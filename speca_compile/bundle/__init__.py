@@ -1,0 +1,1 @@
+"""Engine bundles: the compiled segments, their manifest, and a runtime that needs no model code."""

@@ -1,0 +1,178 @@
+"""``speca_compile.load``: run a bundle from its manifest alone, without the model's code or weights.
+
+Everything is checked before anything runs: the manifest's schema and
+fields, that the directory holds exactly the listed files, and every file's
+sha256.  Each call is then checked against the declared inputs (names,
+dtypes, ranks, fixed sizes).  The runner, the feature cache and the
+speculation policy are the same objects the compiled model uses; the
+segments are ONNX Runtime sessions over the bundle's files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+
+from speca_compile.bundle import manifest as mf
+from speca_compile.bundle.export import EXAMPLE_INPUTS, MANIFEST, sha256
+from speca_compile.errors import BundleError
+from speca_compile.options import Options
+from speca_compile.passes.find_blocks import BlockPlan
+from speca_compile.passes.partition import Segment, SpeculativeProgram, ValueRef
+from speca_compile.runtime.engine import Engine
+from speca_compile.runtime.onnxruntime_engine import make_session, run_session
+from speca_compile.runtime.runner import Runner
+
+BUNDLE_LOWERINGS = ("onnxruntime",)
+
+
+def read_manifest(path) -> mf.Manifest:
+    """The checked manifest of the bundle at ``path`` (files not yet verified)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is not a bundle directory")
+    file = folder / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{folder}: no {MANIFEST}")
+    try:
+        data = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{file}: not valid JSON ({exc})") from None
+    return mf.parse(data)
+
+
+def verify_files(path, manifest: mf.Manifest) -> None:
+    """Exactly the listed files, each with its recorded sha256."""
+    folder = Path(path)
+    present = {p.name for p in folder.iterdir()} - {MANIFEST}
+    missing = sorted(set(manifest.files) - present)
+    if missing:
+        raise BundleError(f"{folder}: missing file(s) {', '.join(missing)} listed in {MANIFEST}")
+    extra = sorted(present - set(manifest.files))
+    if extra:
+        raise BundleError(f"{folder}: unexpected file(s) {', '.join(extra)} not listed in {MANIFEST}")
+    for name, expected in manifest.files.items():
+        actual = sha256(folder / name)
+        if actual != expected:
+            raise BundleError(f"{folder / name}: sha256 {actual[:16]}... does not match the manifest's "
+                              f"{expected[:16]}... (the file changed after export)")
+
+
+def load(path, lowering: str = "onnxruntime", device: str = "cpu") -> "BundleModel":
+    """A callable model from the bundle at ``path``; raises ``BundleError`` naming any problem."""
+    if lowering not in BUNDLE_LOWERINGS:
+        raise BundleError(f"load: lowering {lowering!r} is not supported for bundles; valid: "
+                          f"{', '.join(BUNDLE_LOWERINGS)}")
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    return BundleModel(Path(path), manifest, torch.device(device))
+
+
+class BundleEngine(Engine):
+    """One segment as an ONNX Runtime session; non-tensor inputs are baked into the graph."""
+
+    name = "onnxruntime (bundle)"
+
+    def __init__(self, decl: mf.SegmentDecl, session):
+        self.decl = decl
+        self.session = session
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.info = {"segment": decl.name, "file": decl.file}
+        if len(self.output_names) != len(decl.tensor_outputs):
+            raise BundleError(f"{decl.file}: the ONNX graph has {len(self.output_names)} outputs, the manifest "
+                              f"declares {len(decl.tensor_outputs)} for segment {decl.name!r}")
+
+    def run(self, inputs: Sequence) -> List:
+        tensors = [inputs[i] for i in self.decl.tensor_inputs]
+        outputs = run_session(self.session, self.decl.onnx_inputs, self.output_names, tensors)
+        result: List = [None] * len(self.decl.outputs)
+        for i, t in zip(self.decl.tensor_outputs, outputs):
+            result[i] = t
+        return result
+
+
+class BundleModel:
+    """Calls like the exported model (same positional and keyword tensors); returns a tuple of tensors."""
+
+    def __init__(self, path: Path, manifest: mf.Manifest, device: torch.device):
+        self.path = path
+        self.manifest = manifest
+        on_gpu = device.type == "cuda"
+        engines: Dict[str, Engine] = {}
+        for decl in manifest.segments:
+            session = make_session(path / decl.file, on_gpu, f"bundle segment {decl.name!r}")
+            engines[decl.name] = BundleEngine(decl, session)
+        segments = tuple(Segment(d.name, None, d.inputs, d.outputs) for d in manifest.segments)
+        plan = BlockPlan(stacks=(), units=manifest.units, assignment={})
+        program = SpeculativeProgram(
+            placeholders=tuple(p.name for p in manifest.placeholders),
+            user_inputs=tuple(p.name for p in manifest.placeholders if p.kind != "module"),
+            segments=segments, cuts=manifest.cuts, output=tuple(ValueRef(n) for n in manifest.outputs),
+            plan=plan, shapes={}, batch_size=manifest.batch_size, reason=manifest.reason)
+        options = Options.parse({**manifest.settings, "lowering": "onnxruntime"})
+        self.runner = Runner(program, engines, options, manifest.batch_inputs, manifest.timestep_index,
+                             manifest.reason, notes=(f"loaded from bundle {path}",))
+
+    def __call__(self, *args, **kwargs):
+        by_position = {d.position: d.key for d in self.manifest.inputs if d.position is not None}
+        if any(i not in by_position for i in range(len(args))):
+            raise BundleError(f"bundle takes {len(by_position)} positional input(s) "
+                              f"({', '.join(by_position[i] for i in sorted(by_position))}), got {len(args)}")
+        given = {by_position[i]: v for i, v in enumerate(args)}
+        overlap = sorted(set(given) & set(kwargs))
+        if overlap:
+            raise BundleError(f"bundle input(s) {overlap} given twice")
+        given.update(kwargs)
+        self._check(given)
+        flat = []
+        for p in self.manifest.placeholders:
+            if p.kind == "input":
+                flat.append(given[p.key])
+            elif p.kind == "dim":
+                flat.append(int(given[p.key].shape[p.axis]))
+            else:
+                flat.append(p.value)
+        with torch.no_grad():
+            return self.runner(*flat)
+
+    def _check(self, given: Dict[str, object]) -> None:
+        declared = {d.key: d for d in self.manifest.inputs}
+        missing = sorted(set(declared) - set(given))
+        unknown = sorted(set(given) - set(declared))
+        if missing or unknown:
+            raise BundleError(f"bundle inputs: expected {_describe(self.manifest.inputs)}"
+                              + (f"; missing {missing}" if missing else "")
+                              + (f"; unexpected {unknown}" if unknown else ""))
+        for key, decl in declared.items():
+            value = given[key]
+            if not isinstance(value, torch.Tensor):
+                raise BundleError(f"bundle input {key!r}: expected a tensor, got {type(value).__name__}")
+            dtype = str(value.dtype).replace("torch.", "")
+            if dtype != decl.dtype:
+                raise BundleError(f"bundle input {key!r}: dtype {dtype}, expected {decl.dtype}")
+            if value.dim() != len(decl.shape) or any(
+                    want is not None and got != want for got, want in zip(value.shape, decl.shape)):
+                raise BundleError(f"bundle input {key!r}: shape {list(value.shape)}, expected "
+                                  f"{_shape(decl.shape)}")
+
+    def example_inputs(self):
+        """The (args, kwargs) the bundle was exported with."""
+        saved = torch.load(self.path / EXAMPLE_INPUTS, weights_only=True)
+        return tuple(saved["args"]), dict(saved["kwargs"])
+
+    def stats(self) -> Dict:
+        return self.runner.stats()
+
+    def reset(self) -> None:
+        self.runner.reset()
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join("*" if d is None else str(d) for d in shape) + "]"
+
+
+def _describe(inputs) -> str:
+    return ", ".join(f"{d.key}: {d.dtype}{_shape(d.shape)}" for d in inputs)

@@ -1,0 +1,204 @@
+"""The bundle manifest: what a bundle holds, written as JSON and checked field by field on load.
+
+``parse`` is the only way a manifest comes in: any JSON value, however
+malformed, gives a ``Manifest`` or a ``BundleError`` naming the field and what
+was expected (the loader is fuzzed with that promise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
+
+from speca_compile.errors import BundleError
+
+FORMAT = "speca-bundle"
+SCHEMA_VERSION = 1
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+PLACEHOLDER_KINDS = ("input", "dim", "module")
+SETTINGS = ("speculate", "forecaster", "order", "tau0", "beta", "warmup", "min_speculative",
+            "max_speculative", "verify_block", "error_metric", "on_reject", "timestep_input")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputDecl:
+    key: str                                  # "0", "1", ... positional; else the keyword
+    dtype: str
+    shape: Tuple[Optional[int], ...]          # None: any size (a dynamic axis)
+    position: Optional[int] = None            # where it may be passed positionally
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaceholderDecl:
+    name: str
+    kind: str                                 # input | dim | module
+    key: Optional[str] = None                 # input, dim: which call input
+    axis: Optional[int] = None                # dim: which axis of it
+    value: Any = None                         # module: a number, or None (a weight inside the engines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentDecl:
+    name: str
+    file: str
+    inputs: Tuple[str, ...]                   # program value names, in the segment's order
+    outputs: Tuple[str, ...]
+    tensor_inputs: Tuple[int, ...]            # positions of ``inputs`` the ONNX graph takes
+    onnx_inputs: Tuple[str, ...]              # their names in the ONNX graph
+    tensor_outputs: Tuple[int, ...]           # positions of ``outputs`` the ONNX graph gives
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    inputs: Tuple[InputDecl, ...]
+    placeholders: Tuple[PlaceholderDecl, ...]
+    segments: Tuple[SegmentDecl, ...]
+    cuts: Tuple[Tuple[str, ...], ...]
+    units: Tuple[str, ...]
+    outputs: Tuple[str, ...]
+    timestep_index: Optional[int]
+    batch_inputs: Optional[Tuple[int, ...]]
+    batch_size: Optional[int]
+    reason: Optional[str]
+    settings: Dict[str, Any]
+    files: Dict[str, str]                     # file name -> sha256
+    created_with: Dict[str, str]
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **out}
+
+
+def parse(data: Any) -> Manifest:
+    """A checked ``Manifest`` from decoded JSON, or ``BundleError`` naming what is wrong."""
+    obj = _dict(data, "manifest")
+    if obj.get("format") != FORMAT:
+        raise BundleError(f"manifest.json: 'format' is {obj.get('format')!r}, expected {FORMAT!r}")
+    if obj.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"manifest.json: schema_version {obj.get('schema_version')!r} is not supported; "
+                          f"this speca-compile reads version {SCHEMA_VERSION} (re-export the bundle)")
+    inputs = tuple(_input(v, f"inputs[{i}]") for i, v in enumerate(_list(obj, "inputs")))
+    keys = [d.key for d in inputs]
+    if len(set(keys)) != len(keys):
+        raise BundleError("manifest.json: 'inputs' has a repeated key")
+    placeholders = tuple(_placeholder(v, f"placeholders[{i}]", set(keys), inputs)
+                         for i, v in enumerate(_list(obj, "placeholders")))
+    files = {k: _str(v, f"files[{k!r}]") for k, v in _dict(obj.get("files"), "files").items()}
+    segments = tuple(_segment(v, f"segments[{i}]", files) for i, v in enumerate(_list(obj, "segments")))
+    if not segments:
+        raise BundleError("manifest.json: 'segments' is empty")
+    cuts = tuple(tuple(_str(n, f"cuts[{i}]") for n in _list_of(c, f"cuts[{i}]"))
+                 for i, c in enumerate(_list(obj, "cuts")))
+    units = tuple(_str(n, "units") for n in _list(obj, "units"))
+    if cuts and len(segments) != len(cuts) + 1:
+        raise BundleError(f"manifest.json: {len(cuts)} cuts need {len(cuts) + 1} segments "
+                          f"(prologue, blocks, epilogue), found {len(segments)}")
+    outputs = tuple(_str(n, "outputs") for n in _list(obj, "outputs"))
+    count = len(placeholders)
+    timestep_index = _opt_index(obj.get("timestep_index"), "timestep_index", count)
+    batch = obj.get("batch_inputs")
+    batch_inputs = None if batch is None else tuple(_index(v, "batch_inputs", count)
+                                                    for v in _list_of(batch, "batch_inputs"))
+    batch_size = obj.get("batch_size")
+    if batch_size is not None and not _is_int(batch_size):
+        raise BundleError(f"manifest.json: 'batch_size' must be an integer or null, got {batch_size!r}")
+    reason = obj.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BundleError(f"manifest.json: 'reason' must be a string or null, got {reason!r}")
+    settings = _dict(obj.get("settings"), "settings")
+    missing = [k for k in SETTINGS if k not in settings]
+    if missing:
+        raise BundleError(f"manifest.json: 'settings' lacks {', '.join(missing)}")
+    created = {str(k): str(v) for k, v in _dict(obj.get("created_with", {}), "created_with").items()}
+    return Manifest(inputs, placeholders, segments, cuts, units, outputs, timestep_index, batch_inputs,
+                    batch_size, reason, {k: settings[k] for k in SETTINGS}, files, created)
+
+
+# ---------------------------------------------------------------- field checks
+def _dict(value, where: str) -> Dict:
+    if not isinstance(value, dict):
+        raise BundleError(f"manifest.json: {where!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _list(obj: Dict, key: str) -> List:
+    if key not in obj:
+        raise BundleError(f"manifest.json: missing field {key!r}")
+    return _list_of(obj[key], key)
+
+
+def _list_of(value, where: str) -> List:
+    if not isinstance(value, list):
+        raise BundleError(f"manifest.json: {where!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _str(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise BundleError(f"manifest.json: {where!r} must be a string, got {value!r}")
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index(value, where: str, size: int) -> int:
+    if not _is_int(value) or not 0 <= value < size:
+        raise BundleError(f"manifest.json: {where!r} holds {value!r}, expected an index in [0, {size})")
+    return value
+
+
+def _opt_index(value, where: str, size: int) -> Optional[int]:
+    return None if value is None else _index(value, where, size)
+
+
+def _input(value, where: str) -> InputDecl:
+    obj = _dict(value, where)
+    dtype = obj.get("dtype")
+    if dtype not in DTYPES:
+        raise BundleError(f"manifest.json: {where}.dtype is {dtype!r}, expected one of {', '.join(DTYPES)}")
+    shape = tuple(_list_of(obj.get("shape"), f"{where}.shape"))
+    if any(d is not None and (not _is_int(d) or d < 0) for d in shape):
+        raise BundleError(f"manifest.json: {where}.shape must hold sizes >= 0 or null, got {list(shape)}")
+    position = obj.get("position")
+    if position is not None and (not _is_int(position) or position < 0):
+        raise BundleError(f"manifest.json: {where}.position must be an integer >= 0 or null, got {position!r}")
+    return InputDecl(_str(obj.get("key"), f"{where}.key"), dtype, shape, position)
+
+
+def _placeholder(value, where: str, keys, inputs) -> PlaceholderDecl:
+    obj = _dict(value, where)
+    kind = obj.get("kind")
+    if kind not in PLACEHOLDER_KINDS:
+        raise BundleError(f"manifest.json: {where}.kind is {kind!r}, expected one of {PLACEHOLDER_KINDS}")
+    name = _str(obj.get("name"), f"{where}.name")
+    if kind == "module":
+        number = obj.get("value")
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+            raise BundleError(f"manifest.json: {where}.value must be a number or null, got {number!r}")
+        return PlaceholderDecl(name, kind, value=number)
+    key = obj.get("key")
+    if key not in keys:
+        raise BundleError(f"manifest.json: {where}.key {key!r} is not one of the inputs {sorted(keys)}")
+    if kind == "input":
+        return PlaceholderDecl(name, kind, key=key)
+    rank = len(next(d for d in inputs if d.key == key).shape)
+    return PlaceholderDecl(name, kind, key=key, axis=_index(obj.get("axis"), f"{where}.axis", rank))
+
+
+def _segment(value, where: str, files) -> SegmentDecl:
+    obj = _dict(value, where)
+    file = _str(obj.get("file"), f"{where}.file")
+    if file not in files:
+        raise BundleError(f"manifest.json: {where}.file {file!r} has no checksum in 'files'")
+    inputs = tuple(_str(v, f"{where}.inputs") for v in _list_of(obj.get("inputs"), f"{where}.inputs"))
+    outputs = tuple(_str(v, f"{where}.outputs") for v in _list_of(obj.get("outputs"), f"{where}.outputs"))
+    tin = tuple(_index(v, f"{where}.tensor_inputs", len(inputs))
+                for v in _list_of(obj.get("tensor_inputs"), f"{where}.tensor_inputs"))
+    names = tuple(_str(v, f"{where}.onnx_inputs") for v in _list_of(obj.get("onnx_inputs"), f"{where}.onnx_inputs"))
+    if len(names) != len(tin):
+        raise BundleError(f"manifest.json: {where} names {len(names)} ONNX inputs for {len(tin)} tensor inputs")
+    tout = tuple(_index(v, f"{where}.tensor_outputs", len(outputs))
+                 for v in _list_of(obj.get("tensor_outputs"), f"{where}.tensor_outputs"))
+    return SegmentDecl(_str(obj.get("name"), f"{where}.name"), file, inputs, outputs, tin, names, tout)

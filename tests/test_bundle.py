@@ -1,0 +1,196 @@
+"""Engine bundles: export, load in a fresh process without model code, every bad input named."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import speca_compile
+from speca_compile.bundle import export as export_mod
+from speca_compile.bundle import manifest as mf
+from speca_compile.errors import BundleError
+from speca_compile.reference import store
+from tests import helpers
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 20
+
+
+def _fixed_inputs(ref, batch):
+    """The reference model's call inputs besides latents and timestep (both CFG halves)."""
+    extra = ref.make_inputs(batch, 1)
+    return {k: v for k, v in extra.items() if k != "labels"}
+
+
+@pytest.fixture(scope="module", params=["dit_digits", "flux_digits"])
+def exported(request, tmp_path_factory):
+    ref = store.load(request.param)
+    batch = 3
+    fixed = _fixed_inputs(ref, batch)
+    noise = helpers.noise_for(ref, batch, 0)
+    path = tmp_path_factory.mktemp(request.param) / "bundle"
+    speca_compile.export(ref.model, (torch.cat([noise, noise]),), path,
+                         example_kwargs={"timestep": torch.full((2 * batch,), 0.5), **fixed,
+                                         "return_dict": False})
+    return ref, path, fixed, noise
+
+
+def test_bundle_reproduces_the_compiled_model_in_a_process_without_model_code(exported, tmp_path):
+    ref, path, fixed, noise = exported
+    torch._dynamo.reset()
+    compiled = torch.compile(ref.model, backend="speca", dynamic=True, options={"lowering": "onnxruntime"})
+    expected = helpers.trajectory(ref, compiled, noise.shape[0], STEPS, extra={"labels": None, **fixed},
+                                  noise=noise)
+    decisions = speca_compile.stats(compiled)["trajectories"][-1]["decisions"]
+    inputs, result = tmp_path / "inputs.pt", tmp_path / "result.pt"
+    torch.save({"noise": noise, "fixed": fixed, "kind": ref.kind, "steps": STEPS, "guidance": ref.guidance},
+               inputs)
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "bundle_runner.py"), str(path), str(inputs),
+                           str(result)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(result, weights_only=True)
+    assert helpers.rel_err(got["out"], expected) < 1e-4
+    assert got["decisions"] == decisions
+    assert any("A" in d or "S" in d for d in decisions)
+
+
+def _copy(exported, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(exported[1], target)
+    return target
+
+
+def test_missing_extra_and_changed_files_are_named(exported, tmp_path):
+    path = _copy(exported, tmp_path)
+    onnx_file = sorted(path.glob("*.onnx"))[1]
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{onnx_file.name}: sha256 .* does not match"):
+        speca_compile.load(path)
+    onnx_file.unlink()
+    with pytest.raises(BundleError, match=rf"missing file\(s\) {onnx_file.name}"):
+        speca_compile.load(path)
+    shutil.copyfile(exported[1] / onnx_file.name, onnx_file)
+    (path / "notes.txt").write_text("hello")
+    with pytest.raises(BundleError, match=r"unexpected file\(s\) notes.txt"):
+        speca_compile.load(path)
+
+
+def test_schema_version_and_broken_manifest_are_named(exported, tmp_path):
+    path = _copy(exported, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        speca_compile.load(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        speca_compile.load(path)
+    with pytest.raises(BundleError, match="not a bundle directory"):
+        speca_compile.load(tmp_path / "nowhere")
+
+
+def test_wrong_inputs_are_named(exported):
+    ref, path, fixed, noise = exported
+    model = speca_compile.load(path)
+    x = torch.cat([noise, noise])
+    t = torch.full((x.shape[0],), 0.5)
+    with pytest.raises(BundleError, match="missing"):
+        model(x, **fixed)
+    with pytest.raises(BundleError, match="unexpected \\['colour'\\]"):
+        model(x, timestep=t, colour=t, **fixed)
+    with pytest.raises(BundleError, match="input 'timestep': dtype float64, expected float32"):
+        model(x, timestep=t.double(), **fixed)
+    with pytest.raises(BundleError, match="input .*: shape .*expected"):
+        model(x[..., None], timestep=t, **fixed)
+    with pytest.raises(BundleError, match="positional input"):
+        model(x, t, t, t, t, t, t, **fixed)
+    assert model(x, timestep=t, **fixed)[0].shape[0] == x.shape[0]
+
+
+def test_interrupted_export_leaves_the_target_untouched(exported, tmp_path, monkeypatch):
+    ref, path, fixed, noise = exported
+    target = _copy(exported, tmp_path)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(export_mod, "_move_into_place", fail)
+    with pytest.raises(OSError, match="simulated"):
+        speca_compile.export(ref.model, (torch.cat([noise, noise]),), target, overwrite=True,
+                             example_kwargs={"timestep": torch.full((2 * noise.shape[0],), 0.5), **fixed,
+                                             "return_dict": False})
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]      # no half bundle, no temp dir
+    with pytest.raises(BundleError, match="exists; pass overwrite=True"):
+        speca_compile.export(ref.model, (noise,), target)
+
+
+def test_inspect_summarises_a_bundle(exported):
+    from speca_compile.cli import main
+
+    assert main(["inspect", str(exported[1])]) == 0
+
+
+def test_export_refuses_options_it_sets():
+    with pytest.raises(BundleError, match="lowering"):
+        speca_compile.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), "/nonexistent/x",
+                             options={"lowering": "eager"})
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                    max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_manifest_parser_never_crashes_on_arbitrary_json(data):
+    try:
+        mf.parse(data)
+    except BundleError:
+        pass
+
+
+def _valid_manifest():
+    return {"format": mf.FORMAT, "schema_version": mf.SCHEMA_VERSION,
+            "inputs": [{"key": "x", "dtype": "float32", "shape": [None, 4], "position": 0}],
+            "placeholders": [{"name": "l_x_", "kind": "input", "key": "x"},
+                             {"name": "s0", "kind": "dim", "key": "x", "axis": 0},
+                             {"name": "w", "kind": "module", "value": None}],
+            "segments": [{"name": "whole_graph", "file": "a.onnx", "inputs": ["l_x_"], "outputs": ["y"],
+                          "tensor_inputs": [0], "onnx_inputs": ["l_x_"], "tensor_outputs": [0]}],
+            "cuts": [], "units": [], "outputs": ["y"], "timestep_index": 0, "batch_inputs": [0],
+            "batch_size": None, "reason": None, "settings": {k: None for k in mf.SETTINGS},
+            "files": {"a.onnx": "0" * 64}, "created_with": {}}
+
+
+def test_the_valid_fuzz_seed_parses():
+    assert mf.parse(_valid_manifest()).inputs[0].key == "x"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_manifest_parser_never_crashes_on_a_mutated_manifest(data):
+    manifest = _valid_manifest()
+    node, path = manifest, []
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+        path.append((node, key))
+        node = node[key]
+    if path:
+        parent, key = path[-1]
+        parent[key] = data.draw(_json)
+    try:
+        mf.parse(manifest)
+    except BundleError:
+        pass
