@@ -32,22 +32,27 @@ def _first(out):
 
 
 def tiny_dit(seed: int = 0, layers: int = 3) -> ZooModel:
+    return _dit("dit", seed, layers, heads=2, head_dim=8, sample_size=8, classes=10)
+
+
+def _dit(name: str, seed: int, layers: int, heads: int, head_dim: int, sample_size: int, classes: int):
+    """A class-conditional diffusers DiT (4 latent channels, patch 2, learned sigma)."""
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                  out_channels=8, num_layers=layers, sample_size=8, patch_size=2,
-                                  num_embeds_ada_norm=10, norm_type="ada_norm_zero").eval()
+    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
+                                  out_channels=8, num_layers=layers, sample_size=sample_size, patch_size=2,
+                                  num_embeds_ada_norm=classes, norm_type="ada_norm_zero").eval()
 
     def make_inputs(batch, s):
         g = torch.Generator().manual_seed(s)
-        return {"class_labels": torch.randint(0, 10, (batch,), generator=g)}
+        return {"class_labels": torch.randint(0, classes, (batch,), generator=g)}
 
     def call(m, x, t, extra):
         ts = torch.full((x.shape[0],), t, device=x.device)
         return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
 
-    return ZooModel("dit", model, "ddim", make_inputs, lambda b: (b, 4, 8, 8), call)
+    return ZooModel(name, model, "ddim", make_inputs, lambda b: (b, 4, sample_size, sample_size), call)
 
 
 def tiny_pixart(seed: int = 0, layers: int = 3) -> ZooModel:
@@ -123,23 +128,8 @@ DIT_SIZES = {"dit_s2": (12, 6, 64), "dit_b2": (12, 12, 64), "dit_xl2": (28, 16, 
 
 
 def sized_dit(name: str, seed: int = 0) -> ZooModel:
-    from diffusers import DiTTransformer2DModel
-
     layers, heads, head_dim = DIT_SIZES[name]
-    torch.manual_seed(seed)
-    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
-                                  out_channels=8, num_layers=layers, sample_size=32, patch_size=2,
-                                  num_embeds_ada_norm=1000, norm_type="ada_norm_zero").eval()
-
-    def make_inputs(batch, s):
-        g = torch.Generator().manual_seed(s)
-        return {"class_labels": torch.randint(0, 1000, (batch,), generator=g)}
-
-    def call(m, x, t, extra):
-        ts = torch.full((x.shape[0],), t, device=x.device)
-        return _first(m(x, timestep=ts, return_dict=False, **extra))[:, :4]
-
-    return ZooModel(name, model, "ddim", make_inputs, lambda b: (b, 4, 32, 32), call)
+    return _dit(name, seed, layers, heads, head_dim, sample_size=32, classes=1000)
 
 
 BUILDERS = {"dit": tiny_dit, "pixart": tiny_pixart, "sd3": tiny_sd3, "flux": tiny_flux,

@@ -11,7 +11,6 @@ the target as it was, and an existing bundle is replaced only with
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import re
@@ -28,6 +27,7 @@ from speca_compile.errors import BundleError
 from speca_compile.options import Options
 from speca_compile.passes.partition import ValueRef
 from speca_compile.registry import runners_for
+from speca_compile.runtime.engine_cache import file_digest
 
 MANIFEST = "manifest.json"
 EXAMPLE_INPUTS = "example_inputs.pt"
@@ -67,7 +67,7 @@ def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Ma
         bundle.mkdir()
         manifest = describe(runners[-1], bundle, _positions(model))
         torch.save({"args": list(args), "kwargs": dict(kwargs)}, bundle / EXAMPLE_INPUTS)
-        files = {p.name: sha256(p) for p in sorted(bundle.iterdir())}
+        files = {p.name: file_digest(p) for p in sorted(bundle.iterdir())}
         manifest = dataclasses.replace(manifest, files=files)
         (bundle / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
         _move_into_place(bundle, out, overwrite)
@@ -174,14 +174,6 @@ def _move_into_place(bundle: Path, out: Path, overwrite: bool) -> None:
         old = bundle.parent / "replaced"
         out.rename(old)
     bundle.rename(out)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> Dict[str, str]:

@@ -17,12 +17,13 @@ from typing import Dict, List, Sequence
 import torch
 
 from speca_compile.bundle import manifest as mf
-from speca_compile.bundle.export import EXAMPLE_INPUTS, MANIFEST, sha256
+from speca_compile.bundle.export import EXAMPLE_INPUTS, MANIFEST
 from speca_compile.errors import BundleError
 from speca_compile.options import Options
 from speca_compile.passes.find_blocks import BlockPlan
 from speca_compile.passes.partition import Segment, SpeculativeProgram, ValueRef
 from speca_compile.runtime.engine import Engine
+from speca_compile.runtime.engine_cache import file_digest
 from speca_compile.runtime.onnxruntime_engine import make_session, run_session
 from speca_compile.runtime.runner import Runner
 
@@ -55,7 +56,7 @@ def verify_files(path, manifest: mf.Manifest) -> None:
     if extra:
         raise BundleError(f"{folder}: unexpected file(s) {', '.join(extra)} not listed in {MANIFEST}")
     for name, expected in manifest.files.items():
-        actual = sha256(folder / name)
+        actual = file_digest(folder / name)
         if actual != expected:
             raise BundleError(f"{folder / name}: sha256 {actual[:16]}... does not match the manifest's "
                               f"{expected[:16]}... (the file changed after export)")
