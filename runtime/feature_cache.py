@@ -60,9 +60,10 @@ def residual_pairing(target: Sequence[torch.Tensor], base: Sequence[torch.Tensor
 class FeatureCache:
     """One forecaster per feature group, all samples of one trajectory."""
 
-    def __init__(self, groups: Sequence[FeatureGroup], forecaster: str, order: int, batch_size: int):
+    def __init__(self, groups: Sequence[FeatureGroup], forecaster: str, order: int, batch_size: int,
+                 sigma: float = 0.5):
         self.groups = {g.name: g for g in groups}
-        self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size) for g in groups}
+        self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size, sigma) for g in groups}
 
     def update(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
         """Cache the full-step state of samples ``index`` (``cuts`` maps cut -> values)."""

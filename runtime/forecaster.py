@@ -108,10 +108,13 @@ class TaylorForecaster(Forecaster):
         return sum(t.numel() * t.element_size() for row in self.diffs for t in row)
 
 
-def make_forecaster(kind: str, order: int, batch_size: int) -> Forecaster:
-    """The forecaster named by the ``forecaster`` option."""
+def make_forecaster(kind: str, order: int, batch_size: int, sigma: float = 0.5) -> Forecaster:
+    """The forecaster named by the ``forecaster`` option (``sigma``: Hermite's scale)."""
     if kind == "taylor":
         return TaylorForecaster(order, batch_size)
+    if kind == "hermite":
+        from speca_compile.runtime.hermite_forecaster import HermiteForecaster
+        return HermiteForecaster(order, batch_size, sigma)
     raise ValueError(f"unknown forecaster {kind!r}")
 
 

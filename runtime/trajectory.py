@@ -48,7 +48,8 @@ class Trajectory:
         self.last_t: Optional[float] = None
         self.policy = SamplePolicy(batch_size, options.warmup, options.min_speculative,
                                    options.max_speculative)
-        self.cache = FeatureCache(groups, options.forecaster, options.order, batch_size)
+        self.cache = FeatureCache(groups, options.forecaster, options.order, batch_size,
+                                  options.hermite_sigma)
         self.steps: List[StepRecord] = []
         self.peak_cache_bytes = 0
 

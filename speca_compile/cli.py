@@ -52,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--tau0", default="0.02,0.05,0.1,0.2,0.4", help="comma-separated thresholds, one row each")
     bench.add_argument("--lowerings", default=",".join(LOWERINGS),
                        help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS + EXTRA_LOWERINGS)}")
+    bench.add_argument("--forecasters", default="taylor",
+                       help="comma-separated, speca rows for each: taylor, hermite")
     bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
     bench.add_argument("--no-peers", action="store_true",
                        help="leave out diffusers' caching hooks and cache-dit")
@@ -144,7 +146,12 @@ def _bench(args, argv: List[str]) -> int:
     for field in ("steps", "images", "batch", "repeats"):
         if settings[field] < 1:
             raise SystemExit(f"speca bench: --{field} must be >= 1")
-    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings,
+    from speca_compile.options import FORECASTERS
+
+    forecasters = tuple(v.strip() for v in args.forecasters.split(",") if v.strip())
+    if not forecasters or any(v not in FORECASTERS for v in forecasters):
+        raise SystemExit(f"speca bench: --forecasters got {args.forecasters!r}; valid: {', '.join(FORECASTERS)}")
+    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, forecasters=forecasters,
                          device=_parse_device(args.device), **settings)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
     with tqdm(total=0, desc="speca bench", unit="run") as bar:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from speca_compile.errors import OptionsError
 
-FORECASTERS = ("taylor",)
+FORECASTERS = ("taylor", "hermite")
 ERROR_METRICS = ("rel_l2", "rel_l1")
 ON_REJECT = ("recompute", "defer")
 ON_LOWERING_ERROR = ("raise", "eager")
@@ -37,6 +37,7 @@ class Options:
     speculate: bool = True
     forecaster: str = "taylor"
     order: int = 2
+    hermite_sigma: float = 0.5      # HiCache's scale (forecaster="hermite")
     tau0: float = 0.1
     beta: float = 0.3
     warmup: int = 3
@@ -85,6 +86,7 @@ class Options:
         _check_type("speculate", self.speculate, bool)
         _check_choice("forecaster", self.forecaster, FORECASTERS)
         _check_int("order", self.order, 0, 8)
+        _check_real("hermite_sigma", self.hermite_sigma, 0.0, 10.0, low_open=True)
         _check_real("tau0", self.tau0, 0.0, math.inf)
         _check_real("beta", self.beta, 0.0, 1.0, low_open=True)
         _check_int("warmup", self.warmup, 1, None)

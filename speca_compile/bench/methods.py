@@ -163,9 +163,11 @@ def build_methods(ref, config, noise, extra) -> List[Method]:
     for lowering in config.lowerings:
         methods.append(Speca(f"speca[{lowering}] full (speculate=False)", ref.model,
                              {"speculate": False, "lowering": lowering}))
-        for tau in config.taus:
-            methods.append(Speca(f"speca[{lowering}] tau0={tau:g}", ref.model,
-                                 {"tau0": tau, "lowering": lowering}))
+        for forecaster in config.forecasters:
+            suffix = "" if forecaster == "taylor" else f" {forecaster}"
+            for tau in config.taus:
+                methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
+                                     {"tau0": tau, "lowering": lowering, "forecaster": forecaster}))
     if config.peers and supports_diffusers_hooks(ref.model):
         from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 

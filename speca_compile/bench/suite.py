@@ -39,6 +39,7 @@ class BenchConfig:
     repeats: int = 3
     taus: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4)
     lowerings: Sequence[str] = ("eager", "onnxruntime")
+    forecasters: Sequence[str] = ("taylor",)
     inductor: bool = True
     peers: bool = True
     seed: int = 0

@@ -16,7 +16,7 @@ FORMAT = "speca-bundle"
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 PLACEHOLDER_KINDS = ("input", "dim", "module")
-SETTINGS = ("speculate", "forecaster", "order", "tau0", "beta", "warmup", "min_speculative",
+SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta", "warmup", "min_speculative",
             "max_speculative", "verify_block", "error_metric", "on_reject", "timestep_input")
 
 
