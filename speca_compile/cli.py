@@ -63,7 +63,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--out", default="bench_results",
                        help="directory for bench.json, bench.md and pareto.png")
 
+    tune = sub.add_parser("tune", help="sweep forecaster, order and tau0 briefly; print the Pareto front")
+    tune.add_argument("model", help=f"{', '.join(REFERENCE)} or {', '.join(sorted(zoo.BUILDERS))}")
+    tune.add_argument("--steps", type=int, default=50)
+    tune.add_argument("--images", type=int, default=10)
+    tune.add_argument("--out", default="tune_results", help="directory for the sweep's bench.json/md/png")
+
     args = parser.parse_args(argv)
+    if args.command == "tune":
+        return _tune(args, argv if argv is not None else sys.argv[1:])
     if args.command == "inspect":
         return _inspect(args.model)
     if args.command == "export":
@@ -129,9 +137,44 @@ def _parse_device(text: str) -> str:
     return str(device)
 
 
-def _bench(args, argv: List[str]) -> int:
+def _progress_bar(label: str):
+    """A tqdm bar plus the two callbacks the suite reports to (a tick per run, methods as found)."""
     from tqdm import tqdm
 
+    bar = tqdm(total=0, desc=label, unit="run")
+
+    def tick(text):
+        bar.set_postfix_str(text[:48])
+        bar.update(1)
+
+    def grow(methods, per_method):
+        bar.total += methods * per_method
+        bar.refresh()
+    return bar, tick, grow
+
+
+def _tune(args, argv: List[str]) -> int:
+    from speca_compile.bench import report
+    from speca_compile.bench.tune import describe, pareto_front, run_tune, tune_config
+
+    name = _parse_models(args.model)[0]
+    if args.steps < 1 or args.images < 1:
+        raise SystemExit("speca tune: --steps and --images must be >= 1")
+    config = tune_config(name, steps=args.steps, images=args.images, batch=args.images)
+    bar, tick, grow = _progress_bar("speca tune")
+    with bar:
+        rows = run_tune(config, tick, lambda m: grow(m, 2 + config.repeats))
+    paths = report.write(rows, config, "speca " + " ".join(shlex.quote(a) for a in argv), Path(args.out))
+    print(f"Pareto front on {name} ({config.images} images, {config.steps} steps, one timed round; "
+          "rough speedups, confirm with speca bench):")
+    print("| speedup | PSNR dB | full steps | settings |\n|---|---|---|---|")
+    for row in pareto_front(rows):
+        print(f"| {row.speedup:.2f}x | {row.psnr_db:.1f} | {row.full_fraction:.0%} | {describe(row)} |")
+    print(f"\nall rows: {paths['markdown']}")
+    return 0
+
+
+def _bench(args, argv: List[str]) -> int:
     from speca_compile.bench import report
     from speca_compile.bench.suite import BenchConfig, run_suite
 
@@ -154,17 +197,12 @@ def _bench(args, argv: List[str]) -> int:
     config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, forecasters=forecasters,
                          device=_parse_device(args.device), **settings)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
-    with tqdm(total=0, desc="speca bench", unit="run") as bar:
-        def tick(label):
-            bar.set_postfix_str(label[:48])
-            bar.update(1)
-
-        def grow(methods):
-            bar.total += methods * per_method
-            bar.refresh()
+    bar, tick, grow = _progress_bar("speca bench")
+    with bar:
         command = "speca " + " ".join(shlex.quote(a) for a in argv)
         # written after each model, so a long run that is stopped keeps what it measured
-        rows = run_suite(config, tick, grow, lambda done: report.write(done, config, command, Path(args.out)))
+        rows = run_suite(config, tick, lambda m: grow(m, per_method),
+                         lambda done: report.write(done, config, command, Path(args.out)))
     paths = report.write(rows, config, command, Path(args.out))
     print(report.markdown(rows))
     print(f"\nwrote {paths['json']}, {paths['markdown']} and {paths['plot']}")

@@ -164,10 +164,12 @@ def build_methods(ref, config, noise, extra) -> List[Method]:
         methods.append(Speca(f"speca[{lowering}] full (speculate=False)", ref.model,
                              {"speculate": False, "lowering": lowering}))
         for forecaster in config.forecasters:
-            suffix = "" if forecaster == "taylor" else f" {forecaster}"
-            for tau in config.taus:
-                methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
-                                     {"tau0": tau, "lowering": lowering, "forecaster": forecaster}))
+            for order in config.orders:
+                suffix = ("" if forecaster == "taylor" else f" {forecaster}") + ("" if order == 2 else f" order={order}")
+                for tau in config.taus:
+                    methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
+                                         {"tau0": tau, "lowering": lowering, "forecaster": forecaster,
+                                          "order": order}))
     if config.peers and supports_diffusers_hooks(ref.model):
         from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 

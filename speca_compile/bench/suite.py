@@ -40,6 +40,7 @@ class BenchConfig:
     taus: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4)
     lowerings: Sequence[str] = ("eager", "onnxruntime")
     forecasters: Sequence[str] = ("taylor",)
+    orders: Sequence[int] = (2,)
     inductor: bool = True
     peers: bool = True
     seed: int = 0
@@ -64,6 +65,7 @@ class Row:
     peak_memory_mb: Optional[float]
     cache_bytes: Optional[int]
     compile_seconds: float
+    options: Optional[Dict] = None      # the speca options of the row (None for other methods)
 
 
 def load_model(name: str):
@@ -194,6 +196,7 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             peak_memory_mb=meters[m.name].peak_bytes / 2**20 if m.name in meters else None,
             cache_bytes=summaries[m.name].get("cache_bytes"),
             compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
+            options=dict(m.options) if isinstance(m, methods_mod.Speca) else None,
         ))
     return rows
 
