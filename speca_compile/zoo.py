@@ -32,10 +32,11 @@ def _first(out):
 
 
 def tiny_dit(seed: int = 0, layers: int = 3) -> ZooModel:
-    return _dit("dit", seed, layers, heads=2, head_dim=8, sample_size=8, classes=10)
+    return class_conditional_dit("dit", seed, layers, heads=2, head_dim=8, sample_size=8, classes=10)
 
 
-def _dit(name: str, seed: int, layers: int, heads: int, head_dim: int, sample_size: int, classes: int):
+def class_conditional_dit(name: str, seed: int, layers: int, heads: int, head_dim: int, sample_size: int,
+                          classes: int) -> ZooModel:
     """A class-conditional diffusers DiT (4 latent channels, patch 2, learned sigma)."""
     from diffusers import DiTTransformer2DModel
 
@@ -129,7 +130,7 @@ DIT_SIZES = {"dit_s2": (12, 6, 64), "dit_b2": (12, 12, 64), "dit_xl2": (28, 16, 
 
 def sized_dit(name: str, seed: int = 0) -> ZooModel:
     layers, heads, head_dim = DIT_SIZES[name]
-    return _dit(name, seed, layers, heads, head_dim, sample_size=32, classes=1000)
+    return class_conditional_dit(name, seed, layers, heads, head_dim, sample_size=32, classes=1000)
 
 
 BUILDERS = {"dit": tiny_dit, "pixart": tiny_pixart, "sd3": tiny_sd3, "flux": tiny_flux,

@@ -34,12 +34,10 @@ def _tiny_vae():
 
 def dit_pipeline():
     """DiTPipeline: CFG in one concatenated batch (null class 1000), DDIM, VAE decode to numpy."""
-    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTPipeline
 
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                        out_channels=8, num_layers=4, sample_size=8, patch_size=2,
-                                        num_embeds_ada_norm=1000, norm_type="ada_norm_zero").eval()
+    # DiTPipeline's null class is 1000, so the model needs ImageNet's label table
+    transformer = zoo.class_conditional_dit("dit", 0, 4, heads=2, head_dim=8, sample_size=8, classes=1000).model
     pipe = DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
 

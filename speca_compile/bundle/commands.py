@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from speca_compile.bundle.load import load, read_manifest, verify_files
+from speca_compile.bundle.load import format_shape, load, read_manifest, verify_files
 from speca_compile.errors import SpecaError
 
 
@@ -60,9 +60,7 @@ def run_command(args) -> int:
         model = load(args.bundle)
     except SpecaError as exc:
         raise SystemExit(f"speca run: {exc}") from None
-    positional, kwargs = model.example_inputs()
-    by_position = {d.position: d.key for d in model.manifest.inputs if d.position is not None}
-    kwargs = dict({by_position[i]: a for i, a in enumerate(positional)}, **kwargs)
+    kwargs = model.by_key(*model.example_inputs())
     kwargs.pop("return_dict", None)
     timestep_key = model.manifest.placeholders[model.manifest.timestep_index].key
     latent_key = model.manifest.inputs[0].key
@@ -92,10 +90,9 @@ def inspect_bundle(path) -> str:
         files = f"{len(m.files)} files, checksums OK"
     except SpecaError as exc:
         files = f"FILES DO NOT CHECK: {exc}"
-    shape = lambda s: "[" + ", ".join("*" if d is None else str(d) for d in s) + "]"   # noqa: E731
     lines = [f"bundle {path}: {len(m.segments)} segments, {len(m.units)} blocks, {files}",
              "  created with " + ", ".join(f"{k} {v}" for k, v in m.created_with.items()),
-             "  inputs: " + ", ".join(f"{d.key} {d.dtype}{shape(d.shape)}" for d in m.inputs),
+             "  inputs: " + ", ".join(f"{d.key} {d.dtype}{format_shape(d.shape)}" for d in m.inputs),
              f"  outputs: {len(m.outputs)}; timestep input: "
              + (m.placeholders[m.timestep_index].key if m.timestep_index is not None else "none"),
              "  batched inputs: " + (", ".join(_placeholder(m.placeholders[i]) for i in m.batch_inputs)

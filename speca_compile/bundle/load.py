@@ -118,15 +118,7 @@ class BundleModel:
                              manifest.reason, notes=(f"loaded from bundle {path}",))
 
     def __call__(self, *args, **kwargs):
-        by_position = {d.position: d.key for d in self.manifest.inputs if d.position is not None}
-        if any(i not in by_position for i in range(len(args))):
-            raise BundleError(f"bundle takes {len(by_position)} positional input(s) "
-                              f"({', '.join(by_position[i] for i in sorted(by_position))}), got {len(args)}")
-        given = {by_position[i]: v for i, v in enumerate(args)}
-        overlap = sorted(set(given) & set(kwargs))
-        if overlap:
-            raise BundleError(f"bundle input(s) {overlap} given twice")
-        given.update(kwargs)
+        given = self.by_key(args, kwargs)
         self._check(given)
         flat = []
         for p in self.manifest.placeholders:
@@ -138,6 +130,19 @@ class BundleModel:
                 flat.append(p.value)
         with torch.no_grad():
             return self.runner(*flat)
+
+    def by_key(self, args: Sequence, kwargs: Dict) -> Dict[str, object]:
+        """Positional and keyword call inputs as one dict keyed by the manifest's input keys."""
+        by_position = {d.position: d.key for d in self.manifest.inputs if d.position is not None}
+        if any(i not in by_position for i in range(len(args))):
+            raise BundleError(f"bundle takes {len(by_position)} positional input(s) "
+                              f"({', '.join(by_position[i] for i in sorted(by_position))}), got {len(args)}")
+        given = {by_position[i]: v for i, v in enumerate(args)}
+        overlap = sorted(set(given) & set(kwargs))
+        if overlap:
+            raise BundleError(f"bundle input(s) {overlap} given twice")
+        given.update(kwargs)
+        return given
 
     def _check(self, given: Dict[str, object]) -> None:
         declared = {d.key: d for d in self.manifest.inputs}
@@ -157,7 +162,7 @@ class BundleModel:
             if value.dim() != len(decl.shape) or any(
                     want is not None and got != want for got, want in zip(value.shape, decl.shape)):
                 raise BundleError(f"bundle input {key!r}: shape {list(value.shape)}, expected "
-                                  f"{_shape(decl.shape)}")
+                                  f"{format_shape(decl.shape)}")
 
     def example_inputs(self):
         """The (args, kwargs) the bundle was exported with."""
@@ -171,9 +176,9 @@ class BundleModel:
         self.runner.reset()
 
 
-def _shape(shape) -> str:
+def format_shape(shape) -> str:
     return "[" + ", ".join("*" if d is None else str(d) for d in shape) + "]"
 
 
 def _describe(inputs) -> str:
-    return ", ".join(f"{d.key}: {d.dtype}{_shape(d.shape)}" for d in inputs)
+    return ", ".join(f"{d.key}: {d.dtype}{format_shape(d.shape)}" for d in inputs)
