@@ -178,7 +178,7 @@ def _placeholder(value, where: str, keys, inputs) -> PlaceholderDecl:
         if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
             raise BundleError(f"manifest.json: {where}.value must be a number or null, got {number!r}")
         return PlaceholderDecl(name, kind, value=number)
-    key = obj.get("key")
+    key = _str(obj.get("key"), f"{where}.key")
     if key not in keys:
         raise BundleError(f"manifest.json: {where}.key {key!r} is not one of the inputs {sorted(keys)}")
     if kind == "input":
