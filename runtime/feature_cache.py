@@ -64,15 +64,25 @@ class FeatureCache:
                  sigma: float = 0.5):
         self.groups = {g.name: g for g in groups}
         self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size, sigma) for g in groups}
+        # FoCa's predictor runs on the trajectory as used, speculative steps included
+        self.recursive = forecaster == "foca"
 
     def update(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
         """Cache the full-step state of samples ``index`` (``cuts`` maps cut -> values)."""
         for name, group in self.groups.items():
-            target, base = cuts[group.target], cuts[group.base]
-            pairing = residual_pairing(target, base)
-            feature = (tuple(t - base[i] for t, i in zip(target, pairing))
-                       if pairing is not None else tuple(target))
-            self.forecasters[name].update(index, times, feature)
+            self.forecasters[name].update(index, times, self._feature(group, cuts))
+
+    def observe(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
+        """Record the state a speculative step used (for recursive forecasters such as FoCa)."""
+        for name, group in self.groups.items():
+            self.forecasters[name].observe(index, times, self._feature(group, cuts))
+
+    @staticmethod
+    def _feature(group: FeatureGroup, cuts: Dict[int, Feature]) -> Feature:
+        target, base = cuts[group.target], cuts[group.base]
+        pairing = residual_pairing(target, base)
+        return (tuple(t - base[i] for t, i in zip(target, pairing))
+                if pairing is not None else tuple(target))
 
     def predict(self, name: str, index: torch.Tensor, times: torch.Tensor, base: Feature) -> Feature:
         """Forecast the target state of group ``name`` given its (exact or forecast) base."""

@@ -35,6 +35,9 @@ class Forecaster:
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
         raise NotImplementedError
 
+    def observe(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
+        """The value a speculative step used; only recursive forecasters (FoCa) keep it."""
+
     def nbytes(self) -> int:
         raise NotImplementedError
 
@@ -115,6 +118,9 @@ def make_forecaster(kind: str, order: int, batch_size: int, sigma: float = 0.5) 
     if kind == "hermite":
         from speca_compile.runtime.hermite_forecaster import HermiteForecaster
         return HermiteForecaster(order, batch_size, sigma)
+    if kind == "foca":
+        from speca_compile.runtime.foca_forecaster import FoCaForecaster
+        return FoCaForecaster(order, batch_size)
     raise ValueError(f"unknown forecaster {kind!r}")
 
 

@@ -101,13 +101,20 @@ class Runner:
         spec = [s for s, d in enumerate(decisions) if d is not Decision.FULL]
         if spec:
             checked = [decisions[s] is Decision.CHECK for s in spec]
-            index, env, err = self._speculate(args, traj, spec, checked, batch, scaled)
+            index, env, err, used = self._speculate(args, traj, spec, checked, batch, scaled)
             pieces.append((index, env))
             for j, s in enumerate(spec):
                 outcomes[s] = Outcome.SPEC
                 if checked[j]:
                     errors[s] = float(err[j])
                     outcomes[s] = self._judge(errors[s], tau)
+            if traj.cache.recursive:
+                kept = torch.tensor([j for j, s in enumerate(spec) if outcomes[s] is not Outcome.REJECTED],
+                                    dtype=torch.long)
+                if len(kept):
+                    traj.cache.observe(index[kept], scaled[index[kept]],
+                                       {c: tuple(_take_rows(v, kept) for v in values)
+                                        for c, values in used.items()})
         # samples due a full step and rejected ones share one full run
         recompute = sorted(full + [s for s in spec if outcomes[s] is Outcome.REJECTED])
         if recompute:
@@ -141,7 +148,8 @@ class Runner:
 
     # ------------------------------------------------------ speculative path
     def _speculate(self, args, traj, samples, checked, batch, scaled):
-        """Forecast (and check) ``samples``; returns (index, env, errors per sample)."""
+        """Forecast (and check) ``samples``; returns (index, env, errors per sample, and the
+        state used at each cut, one row per sample: what a recursive forecaster records)."""
         index = torch.tensor(samples, dtype=torch.long)
         whole = len(samples) == batch
         env = self._bind(args, None if whole else index)
@@ -172,10 +180,12 @@ class Runner:
         if v + 1 < self.num_units:
             env.update(zip(cuts[self.num_units], cache.predict("rest", work, t, forecast)))
         self._run_segment(env, self.program.epilogue)
+        used = {c: self._values(env, c) for g in self.groups for c in (g.base, g.target)}
         if rows is not None:
             env = _select_rows(env, self._row_names(), rows)
             errors = errors[rows]
-        return index, env, errors
+            used = {c: tuple(_take_rows(x, rows) for x in values) for c, values in used.items()}
+        return index, env, errors, used
 
     # --------------------------------------------------------------- helpers
     def _section(self, name: str):
@@ -275,11 +285,16 @@ def _select_rows(env: Env, names: Sequence[str], rows: torch.Tensor) -> Env:
     stays as it is."""
     out = dict(env)
     for name in names:
-        value = env[name]
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != 1:
-            out[name] = value.index_select(0, rows.to(value.device))
+        out[name] = _take_rows(env[name], rows)
     out["__rows__"] = None
     return out
+
+
+def _take_rows(value, rows: torch.Tensor):
+    """``value``'s rows ``rows``; a one-row tensor (shared by the batch) or a non-tensor as it is."""
+    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != 1:
+        return value.index_select(0, rows.to(value.device))
+    return value
 
 
 def _map_refs(tree, fn):

@@ -53,7 +53,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--lowerings", default=",".join(LOWERINGS),
                        help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS + EXTRA_LOWERINGS)}")
     bench.add_argument("--forecasters", default="taylor",
-                       help="comma-separated, speca rows for each: taylor, hermite")
+                       help="comma-separated, speca rows for each: taylor, hermite, foca")
+    bench.add_argument("--orders", default="2", help="comma-separated forecast orders, speca rows for each")
+    bench.add_argument("--max-speculative", default="5",
+                       help="comma-separated, speca rows for each: most forecast steps in a row")
     bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
     bench.add_argument("--no-peers", action="store_true",
                        help="leave out diffusers' caching hooks and cache-dit")
@@ -125,6 +128,16 @@ def _parse_taus(text: str) -> tuple:
     return taus
 
 
+def _parse_ints(flag: str, text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"speca bench: {flag} takes comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"speca bench: {flag} needs integers >= 1, got {text!r}")
+    return values
+
+
 def _parse_device(text: str) -> str:
     try:
         device = torch.device(text)
@@ -194,8 +207,10 @@ def _bench(args, argv: List[str]) -> int:
     forecasters = tuple(v.strip() for v in args.forecasters.split(",") if v.strip())
     if not forecasters or any(v not in FORECASTERS for v in forecasters):
         raise SystemExit(f"speca bench: --forecasters got {args.forecasters!r}; valid: {', '.join(FORECASTERS)}")
+    longest = _parse_ints("--max-speculative", args.max_speculative)
+    orders = _parse_ints("--orders", args.orders)
     config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, forecasters=forecasters,
-                         device=_parse_device(args.device), **settings)
+                         orders=orders, max_speculatives=longest, device=_parse_device(args.device), **settings)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
     bar, tick, grow = _progress_bar("speca bench")
     with bar:

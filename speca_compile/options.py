@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from speca_compile.errors import OptionsError
 
-FORECASTERS = ("taylor", "hermite")
+FORECASTERS = ("taylor", "hermite", "foca")
 ERROR_METRICS = ("rel_l2", "rel_l1")
 ON_REJECT = ("recompute", "defer")
 ON_LOWERING_ERROR = ("raise", "eager")

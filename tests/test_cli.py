@@ -46,7 +46,8 @@ def test_bench_rows_are_consistent(tmp_path, capsys):
 
 
 def test_bench_rejects_bad_arguments(tmp_path):
-    for bad in (["--models", "nope"], ["--tau0", "x"], ["--steps", "0"], ["--lowerings", "tensorrt"]):
+    for bad in (["--models", "nope"], ["--tau0", "x"], ["--steps", "0"], ["--lowerings", "tensorrt"],
+                ["--forecasters", "fcoa"], ["--max-speculative", "0"], ["--orders", "two"]):
         try:
             cli.main(["bench", *bad, "--out", str(tmp_path)])
         except SystemExit as exc:

@@ -21,6 +21,8 @@ def slice_sample(extra, k):
     ("dit", None, 4, {}),
     ("reference_dit", None, 4, {"tau0": 0.02}),  # a threshold inside its error range
     ("flux", True, 5, {}),
+    ("dit", None, 4, {"forecaster": "foca", "tau0": 0.02}),   # FoCa records the steps it used: rows path ...
+    ("flux", True, 5, {"forecaster": "foca"}),     # ... and sub-batch path
 ])
 def test_sample_in_a_batch_equals_sample_alone(name, dynamic, batch, options):
     """Acceptance 4.  Static graphs bake the batch size into their views, so the

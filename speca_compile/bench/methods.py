@@ -13,6 +13,7 @@ import ast
 import contextlib
 import copy
 import io
+import itertools
 from typing import Dict, List
 
 import torch
@@ -79,10 +80,11 @@ class Inductor(Method):
 class Speca(Method):
     family = "speca"
 
-    def __init__(self, name: str, module, options: Dict):
+    def __init__(self, name: str, module, options: Dict, variant: str = ""):
         super().__init__(name, torch.compile(module, backend="speca", options=options, dynamic=True))
         self.options = options
-        self.family = f"speca[{options.get('lowering', 'eager')}]"
+        # one Pareto curve per lowering and forecaster setting (variant: e.g. " hermite order=1")
+        self.family = f"speca[{options.get('lowering', 'eager')}]{variant}"
         # compiled engines run outside the meter's view; the eager-lowering twin is counted
         self.meterable = options.get("lowering", "eager") == "eager"
 
@@ -163,13 +165,14 @@ def build_methods(ref, config, noise, extra) -> List[Method]:
     for lowering in config.lowerings:
         methods.append(Speca(f"speca[{lowering}] full (speculate=False)", ref.model,
                              {"speculate": False, "lowering": lowering}))
-        for forecaster in config.forecasters:
-            for order in config.orders:
-                suffix = ("" if forecaster == "taylor" else f" {forecaster}") + ("" if order == 2 else f" order={order}")
-                for tau in config.taus:
-                    methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
-                                         {"tau0": tau, "lowering": lowering, "forecaster": forecaster,
-                                          "order": order}))
+        for forecaster, order, longest, tau in itertools.product(
+                config.forecasters, config.orders, config.max_speculatives, config.taus):
+            suffix = (("" if forecaster == "taylor" else f" {forecaster}")
+                      + ("" if order == 2 else f" order={order}")
+                      + ("" if longest == 5 else f" max_spec={longest}"))
+            methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
+                                 {"tau0": tau, "lowering": lowering, "forecaster": forecaster,
+                                  "order": order, "max_speculative": longest}, suffix))
     if config.peers and supports_diffusers_hooks(ref.model):
         from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 

@@ -41,6 +41,7 @@ class BenchConfig:
     lowerings: Sequence[str] = ("eager", "onnxruntime")
     forecasters: Sequence[str] = ("taylor",)
     orders: Sequence[int] = (2,)
+    max_speculatives: Sequence[int] = (5,)   # speca's max_speculative, rows for each
     inductor: bool = True
     peers: bool = True
     seed: int = 0
