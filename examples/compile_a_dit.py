@@ -22,7 +22,7 @@ def main() -> None:
 
     full = sample(z.model)
     # No import is needed for the backend name; speca_compile is imported here for stats().
-    compiled = torch.compile(z.model, backend="speca", options={"tau0": 0.1, "order": 2})
+    compiled = torch.compile(z.model, backend="speca", options={"tau0": 0.1})
     fast = sample(compiled)
 
     summary = speca_compile.stats(compiled)["trajectories"][-1]

@@ -8,7 +8,9 @@ lets each lowering (eager, ONNX Runtime, TensorRT, Inductor) be one file.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from speca_compile.errors import LoweringError
 
@@ -51,6 +53,28 @@ class EagerFallback(Engine):
                          "fallback": f"eager ({exc})"}
             self.engine = EagerEngine(self.segment)
             return self.engine.run(inputs)
+
+
+def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Options, Optional[str]]:
+    """``lowering="auto"`` made concrete for one graph, and a note for ``stats`` saying why.
+
+    ONNX Runtime is the default engine, but its CPU build on GPU inputs would copy every
+    segment's inputs to the host and compute there: on a GPU without onnxruntime-gpu's CUDA
+    provider the segments run eagerly on the GPU instead, and the note names the extra."""
+    if options.lowering != "auto":
+        return options, None
+    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
+    gpu = sorted(d for d in devices if d != "cpu")
+    if not gpu:
+        return options.replace(lowering="onnxruntime"), "lowering 'auto': onnxruntime (inputs on the cpu)"
+    from speca_compile.runtime.onnxruntime_engine import cuda_provider_available
+
+    if gpu == ["cuda"] and cuda_provider_available():
+        return (options.replace(lowering="onnxruntime"),
+                "lowering 'auto': onnxruntime with the CUDA execution provider")
+    return (options.replace(lowering="eager"),
+            f"lowering 'auto': eager (inputs on {', '.join(gpu)} and onnxruntime has no execution "
+            f"provider there; pip install 'speca-compile[gpu]' for ONNX Runtime on CUDA)")
 
 
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:

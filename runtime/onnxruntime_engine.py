@@ -97,6 +97,11 @@ class OnnxRuntimeEngine(Engine):
         return _Variant(io_spec, session)
 
 
+def cuda_provider_available() -> bool:
+    """Whether the installed onnxruntime (onnxruntime-gpu) can run sessions on CUDA."""
+    return "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+
+
 def make_session(path, on_gpu: bool, what: str):
     """An ONNX Runtime session for ``path`` with the options every speca engine uses."""
     ort = import_onnxruntime()
@@ -108,9 +113,8 @@ def make_session(path, on_gpu: bool, what: str):
     # ORT's worker threads spin after each run by default; between engine calls the
     # runtime runs torch ops (forecast, merge), which the spinning threads starve
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    available = ort.get_available_providers()
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                 if on_gpu and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
+                 if on_gpu and cuda_provider_available() else ["CPUExecutionProvider"])
     try:
         return ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:

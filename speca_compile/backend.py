@@ -17,7 +17,7 @@ from speca_compile.options import Options
 from speca_compile.passes import find_batch_inputs, find_blocks, partition
 from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input
-from speca_compile.runtime.engine import lower
+from speca_compile.runtime.engine import lower, resolve_lowering
 from speca_compile.runtime.runner import Runner
 
 
@@ -26,13 +26,13 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
     """Compile one Dynamo graph into a speculative Runner."""
     if mode is not None:
         raise OptionsError(f"the speca backend takes options={{...}}, not mode={mode!r}")
-    settings = Options.parse(options)
+    settings, lowering_note = resolve_lowering(Options.parse(options), example_inputs)
     plan = find_blocks(gm)
     program = partition(gm, plan)
     _check_verify_block(settings, program.num_units)
     timestep_index, timestep_problem = find_timestep_input(program, settings)
     reason = _why_not_speculate(settings, program.reason, timestep_problem)
-    notes = []
+    notes = [lowering_note] if lowering_note else []
     batch_inputs = None
     if program.reason is None:
         batch_inputs, note = find_batch_inputs(gm, example_inputs, program)

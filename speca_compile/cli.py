@@ -220,7 +220,7 @@ def _bench(args, argv: List[str]) -> int:
                          lambda done: report.write(done, config, command, Path(args.out)))
     paths = report.write(rows, config, command, Path(args.out))
     print(report.markdown(rows))
-    print(f"\nwrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -40,14 +40,15 @@ def test_speca_rows_for_each_forecaster_order_and_max_speculative():
 
     from speca_compile.bench.methods import build_methods
 
-    config = BenchConfig(models=("dit",), taus=(0.1,), lowerings=("eager",), forecasters=("taylor", "foca"),
+    config = BenchConfig(models=("dit",), taus=(0.1,), lowerings=("eager",), forecasters=("hermite", "foca"),
                          orders=(1, 2), max_speculatives=(5, 10), inductor=False, peers=False)
     ref = load_model("dit")
     methods = build_methods(ref, config, torch.zeros(1), {})
     spec = {m.name: m for m in methods if m.family.startswith("speca") and m.options.get("speculate", True)}
     assert len(spec) == 2 * 2 * 2
-    row = spec["speca[eager] tau0=0.1 foca order=1 max_spec=10"]
-    assert row.options == {"tau0": 0.1, "lowering": "eager", "forecaster": "foca", "order": 1,
+    row = spec["speca[eager] tau0=0.1 foca order=2 max_spec=10"]     # names list what differs from the defaults
+    assert row.options == {"tau0": 0.1, "lowering": "eager", "forecaster": "foca", "order": 2,
                            "max_speculative": 10}
-    assert row.family == "speca[eager] foca order=1 max_spec=10"      # its own Pareto curve
-    assert spec["speca[eager] tau0=0.1"].options["max_speculative"] == 5
+    assert row.family == "speca[eager] foca order=2 max_spec=10"      # its own Pareto curve
+    default = spec["speca[eager] tau0=0.1"].options
+    assert (default["forecaster"], default["order"], default["max_speculative"]) == ("hermite", 1, 5)

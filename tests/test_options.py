@@ -9,7 +9,35 @@ from tests.reference_dit import ReferenceDiT
 
 def test_defaults_are_valid():
     opts = Options.parse(None)
-    assert opts.speculate is True and opts.lowering == "eager" and opts.order == 2
+    assert opts.speculate is True and opts.lowering == "auto" and opts.order == 1
+    assert opts.forecaster == "hermite"
+
+
+def test_auto_lowering_is_onnxruntime_on_the_cpu_and_says_so_elsewhere():
+    from speca_compile.runtime.engine import resolve_lowering
+
+    opts = Options.parse(None)
+    cpu, note = resolve_lowering(opts, [torch.zeros(2), 3])
+    assert cpu.lowering == "onnxruntime" and note == "lowering 'auto': onnxruntime (inputs on the cpu)"
+    # a device onnxruntime has no provider for (meta stands in for a GPU without onnxruntime-gpu)
+    other, note = resolve_lowering(opts, [torch.zeros(2, device="meta")])
+    assert other.lowering == "eager" and "inputs on meta" in note and "speca-compile[gpu]" in note
+    explicit = Options.parse({"lowering": "eager"})
+    assert resolve_lowering(explicit, [torch.zeros(2)]) == (explicit, None)
+
+
+def test_default_compile_runs_onnxruntime_engines_and_reports_why():
+    model = ReferenceDiT(depth=3).eval()
+    compiled = torch.compile(model, backend="speca")
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 10.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        out = compiled(x, t, y)
+        ref = model(x, t, y)
+    stats = speca_compile.stats(compiled)
+    assert stats["lowering"] == "onnxruntime"
+    assert "lowering 'auto': onnxruntime (inputs on the cpu)" in stats["notes"]
+    assert stats["engines"] and all(e.get("cache") for e in stats["engines"])
+    assert float((out - ref).norm() / ref.norm()) < 1e-4
 
 
 def test_unknown_key_names_it_and_lists_valid_keys():
@@ -32,9 +60,9 @@ def test_unknown_key_names_it_and_lists_valid_keys():
     ("max_speculative", 0, "valid range >= 1"),
     ("error_metric", "l2", "'rel_l2', 'rel_l1'"),
     ("on_reject", "retry", "'recompute', 'defer'"),
-    ("forecaster", "magic", "'taylor'"),
+    ("forecaster", "magic", "'taylor', 'hermite', 'foca'"),
     ("speculate", 1, "must be bool"),
-    ("lowering", "tvm", "valid: 'eager', 'onnxruntime', 'inductor', 'tensorrt'"),
+    ("lowering", "tvm", "valid: 'auto', 'eager', 'onnxruntime', 'inductor', 'tensorrt'"),
 ])
 def test_bad_values_are_named(key, value, fragment):
     with pytest.raises(OptionsError) as err:

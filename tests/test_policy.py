@@ -86,7 +86,8 @@ def test_taylor_forecast_is_exact_when_blocks_are_quadratic_in_t(verify_block):
     model = PolyDiT().eval()
     full = poly_trajectory(model)
     compiled = torch.compile(model, backend="speca",
-                             options={"order": 2, "tau0": 1e-5, "verify_block": verify_block})
+                             options={"forecaster": "taylor", "order": 2, "tau0": 1e-5,
+                                      "verify_block": verify_block})
     out = poly_trajectory(compiled)
     summary = speca_compile.stats(compiled)["trajectories"][-1]
     assert summary["checked"] > 0 and summary["rejected"] == 0
@@ -99,7 +100,7 @@ def test_an_order_too_low_is_caught_by_verification():
     """Order 1 cannot follow a quadratic: checks fail the same tight threshold."""
     torch.manual_seed(0)
     model = PolyDiT().eval()
-    compiled = torch.compile(model, backend="speca", options={"order": 1, "tau0": 1e-5})
+    compiled = torch.compile(model, backend="speca", options={"forecaster": "taylor", "order": 1, "tau0": 1e-5})
     poly_trajectory(compiled)
     assert speca_compile.stats(compiled)["trajectories"][-1]["rejected"] > 0
 

@@ -32,3 +32,15 @@ def test_tune_prints_a_front_of_settings(tmp_path, capsys):
     assert speeds == sorted(speeds, reverse=True)          # fastest first ...
     assert psnrs == sorted(psnrs)                          # ... and on a front, each slower one is closer
     assert (tmp_path / "bench.json").exists()
+
+
+def test_bench_report_draws_forecaster_fronts_only_when_forecasters_compete(tmp_path):
+    from speca_compile.bench import report
+    from speca_compile.bench.suite import BenchConfig
+
+    foca = {"forecaster": "foca", "order": 1, "tau0": 0.3, "max_speculative": 10}
+    rows = [_row("a", 3.0, 30.0), _row("b", 2.0, 40.0), _row("f", 4.0, 33.0, foca)]
+    paths = report.write(rows, BenchConfig(), "speca bench", tmp_path / "two")
+    assert paths["forecasters"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert describe(rows[2]) == "forecaster='foca', order=1, tau0=0.3, max_speculative=10"
+    assert "forecasters" not in report.write(rows[:2], BenchConfig(), "speca bench", tmp_path / "one")

@@ -20,6 +20,7 @@ import torch
 
 import speca_compile
 from speca_compile import sampling
+from speca_compile.options import Options
 
 
 class Method:
@@ -159,6 +160,9 @@ def calibrate_mag_ratios(ref, noise, extra, steps: int) -> List[float]:
     return [float(v) for v in ast.literal_eval(lines[-1])]
 
 
+DEFAULTS = Options()   # a row's name lists only the settings that differ from these
+
+
 def build_methods(ref, config, noise, extra) -> List[Method]:
     """Every row for ``ref`` under ``config`` (a BenchConfig)."""
     methods: List[Method] = [Eager("eager", ref.model)]
@@ -167,9 +171,9 @@ def build_methods(ref, config, noise, extra) -> List[Method]:
                              {"speculate": False, "lowering": lowering}))
         for forecaster, order, longest, tau in itertools.product(
                 config.forecasters, config.orders, config.max_speculatives, config.taus):
-            suffix = (("" if forecaster == "taylor" else f" {forecaster}")
-                      + ("" if order == 2 else f" order={order}")
-                      + ("" if longest == 5 else f" max_spec={longest}"))
+            suffix = (("" if forecaster == DEFAULTS.forecaster else f" {forecaster}")
+                      + ("" if order == DEFAULTS.order else f" order={order}")
+                      + ("" if longest == DEFAULTS.max_speculative else f" max_spec={longest}"))
             methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
                                  {"tau0": tau, "lowering": lowering, "forecaster": forecaster,
                                   "order": order, "max_speculative": longest}, suffix))

@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from speca_compile.bench.plot import pareto_png
+from speca_compile.bench.plot import forecaster_fronts_png, pareto_png
 from speca_compile.bench.suite import BenchConfig, Row
 
 COLUMNS = ("model", "method", "s/image", "speedup", "full steps", "FLOPs", "verify FLOPs", "PSNR dB",
@@ -54,4 +54,7 @@ def write(rows: List[Row], config: BenchConfig, command: str, out_dir: Path) -> 
     paths["json"].write_text(json.dumps(payload, indent=2, default=str))
     paths["markdown"].write_text(f"`{command}` on {machine()}\n\n{markdown(rows)}\n")
     pareto_png(rows, paths["plot"])
+    forecasters = {r.options.get("forecaster", "taylor") for r in rows if r.options}
+    if len(forecasters) > 1:
+        paths["forecasters"] = forecaster_fronts_png(rows, out_dir / "forecasters.png")
     return paths

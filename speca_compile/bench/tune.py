@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from speca_compile.bench.suite import BenchConfig, Row, run_suite
+from speca_compile.options import Options
 
 TUNE = dict(steps=50, images=10, batch=10, repeats=1, taus=(0.05, 0.1, 0.2, 0.4), lowerings=("eager",),
             forecasters=("taylor", "hermite", "foca"), orders=(1, 2), inductor=False, peers=False)
@@ -33,9 +34,9 @@ def pareto_front(rows: Sequence[Row]) -> List[Row]:
 
 def describe(row: Row) -> str:
     o = row.options
-    longest = o.get("max_speculative", 5)
+    longest = o.get("max_speculative", Options.max_speculative)
     return (f"forecaster={o['forecaster']!r}, order={o['order']}, tau0={o['tau0']:g}"
-            + ("" if longest == 5 else f", max_speculative={longest}"))
+            + ("" if longest == Options.max_speculative else f", max_speculative={longest}"))
 
 
 def run_tune(config: BenchConfig, progress=None, on_methods=None) -> List[Row]:
