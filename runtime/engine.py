@@ -48,7 +48,8 @@ class EagerFallback(Engine):
             return self.engine.run(inputs)
         except LoweringError as exc:
             warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
-                          f"(on_lowering_error='eager'): {exc}", stacklevel=2)
+                          f"(on_lowering_error='eager', the default under lowering='auto'): {exc}",
+                          stacklevel=2)
             self.info = {**dict(self.engine.info), "segment": self.segment.name,
                          "fallback": f"eager ({exc})"}
             self.engine = EagerEngine(self.segment)
@@ -62,7 +63,9 @@ def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Option
     segment's inputs to the host and compute there: on a GPU without onnxruntime-gpu's CUDA
     provider the segments run eagerly on the GPU instead, and the note names the extra."""
     if options.lowering != "auto":
-        return options, None
+        return options.replace(on_lowering_error=options.on_lowering_error or "raise"), None
+    # under "auto" a segment ONNX cannot export runs eagerly, with a warning and "fallback" in stats
+    options = options.replace(on_lowering_error=options.on_lowering_error or "eager")
     devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
     gpu = sorted(d for d in devices if d != "cpu")
     if not gpu:

@@ -58,6 +58,14 @@ class EngineCache:
     def path(self, key: str, suffix: str) -> Path:
         return self.directory / f"{key}{suffix}"
 
+    def lookup(self, key: str, suffix: str) -> Optional[Path]:
+        """The cached file for ``key`` if it is there and matches its checksum (nothing is built)."""
+        target = self.path(key, suffix)
+        checksum = target.with_name(target.name + ".sha256")
+        if target.exists() and checksum.exists() and checksum.read_text().strip() == file_digest(target):
+            return target
+        return None
+
     def get_or_build(self, key: str, suffix: str, build: Callable[[Path], None]) -> Path:
         """The verified cached file for ``key``, building it with ``build(path)`` on a miss."""
         target = self.path(key, suffix)

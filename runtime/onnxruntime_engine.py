@@ -3,6 +3,9 @@
 Built lazily at the segment's first call, when its inputs are concrete:
 export to ONNX (``onnx_export``), through the on-disk ``EngineCache``, then an
 ``InferenceSession`` with full graph optimisation and torch's thread count.
+A segment of a new Dynamo graph of the same model (a batch of 1, a new
+resolution) first tries the shape-general file of its family
+(``engine_reuse``), kept only if it agrees with eager on that call.
 Inputs and outputs share memory with torch tensors on CPU (numpy views), so
 no copy is made between segments.  The CUDA execution provider is used when
 the inputs live on a GPU and ``onnxruntime-gpu`` provides it.
@@ -20,6 +23,7 @@ from speca_compile.options import Options
 from speca_compile.passes.partition import Segment
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.engine_cache import EngineCache, cache_key, weights_digest
+from speca_compile.runtime.engine_reuse import agrees_with_eager, candidate, family_key, is_shape_general, remember
 from speca_compile.runtime.onnx_export import EXPORT_VERSION, export_segment, input_names
 from speca_compile.runtime.segment_io import (SegmentIO, analyze_segment, baked_values, merge_outputs,
                                               tensor_values)
@@ -35,23 +39,30 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def onnx_cache_key(segment: Segment, io_spec: SegmentIO, values: Sequence, options: Options) -> str:
+def export_identity(io_spec: SegmentIO, values: Sequence, options: Options) -> List[str]:
+    """What an exported file depends on besides the segment's graph: tools, options, weights."""
     import onnx
     import onnxruntime
 
     weights = [values[i] for i, s in enumerate(io_spec.inputs) if s.kind == "weight"]
-    return cache_key("onnx", EXPORT_VERSION, segment.module.code, io_spec.describe(), options.precision,
-                     torch.__version__, onnx.__version__, onnxruntime.__version__,
-                     weights_digest(weights))
+    return [EXPORT_VERSION, options.precision, torch.__version__, onnx.__version__, onnxruntime.__version__,
+            weights_digest(weights)]
+
+
+def onnx_cache_key(segment: Segment, io_spec: SegmentIO, values: Sequence, options: Options,
+                   identity: Optional[List[str]] = None) -> str:
+    identity = identity if identity is not None else export_identity(io_spec, values, options)
+    return cache_key("onnx", segment.module.code, io_spec.describe(), *identity)
 
 
 class _Variant:
     """One built session: for one tuple of baked-in scalar inputs."""
 
-    def __init__(self, io_spec: SegmentIO, session):
+    def __init__(self, io_spec: SegmentIO, session, names: Optional[List[str]] = None):
         self.io = io_spec
         self.session = session
-        self.input_names = input_names(io_spec)
+        # a reused file (engine_reuse) keeps the input names of the graph it was exported for
+        self.input_names = names if names is not None else input_names(io_spec)
         self.output_names = [o.name for o in session.get_outputs()]
 
 
@@ -89,12 +100,47 @@ class OnnxRuntimeEngine(Engine):
 
     def _build(self, inputs: Sequence) -> _Variant:
         start = time.perf_counter()
-        path, io_spec, _, event = self._onnx_file(inputs)
+        io_spec = analyze_segment(self.segment, inputs)
+        identity = export_identity(io_spec, inputs, self.options)
+        key = onnx_cache_key(self.segment, io_spec, inputs, self.options, identity)
+        family = family_key(self.segment.module, io_spec, inputs, *identity)
         on_gpu = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs)
-        session = make_session(path, on_gpu, f"segment {self.segment.name!r}")
+        variant, event, path = None, None, None
+        if self.cache.lookup(key, ".onnx") is None:
+            variant, path = self._reuse(family, io_spec, inputs, on_gpu)
+            event = "reused" if variant is not None else None
+        if variant is None:
+            before = len(self.cache.events)
+            path = self.cache.get_or_build(key, ".onnx",
+                                           lambda p: export_segment(self.segment, io_spec, inputs, p))
+            event = self.cache.events[before][0] if event is None else event
+            variant = _Variant(io_spec, make_session(path, on_gpu, f"segment {self.segment.name!r}"))
+            if is_shape_general(io_spec):
+                remember(self.cache, family, key)
         self.info.update(builds=int(self.info["builds"]) + 1, cache=event, file=str(path),
                          build_seconds=round(time.perf_counter() - start, 3))
-        return _Variant(io_spec, session)
+        return variant
+
+    def _reuse(self, family: str, io_spec: SegmentIO, inputs: Sequence, on_gpu: bool):
+        """A shape-general file of this segment's family (engine_reuse), if it agrees with eager here."""
+        key = candidate(self.cache, family, ".onnx")
+        if key is None:
+            return None, None
+        path = self.cache.path(key, ".onnx")
+        try:
+            session = make_session(path, on_gpu, f"segment {self.segment.name!r}")
+            variant = _Variant(io_spec, session, [i.name for i in session.get_inputs()])
+            tensors = tensor_values(io_spec, inputs)
+            if len(variant.input_names) != len(tensors) or len(variant.output_names) != len(io_spec.tensor_outputs):
+                why = "different inputs or outputs"
+            elif agrees_with_eager(self.segment.module, inputs, io_spec, self._execute(variant, tensors)):
+                return variant, path
+            else:
+                why = "outputs differ from eager"
+        except Exception as exc:  # noqa: BLE001  (a file that cannot serve these shapes: export instead)
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.info["reuse_rejected"] = f"{path}: {why}"
+        return None, None
 
 
 def cuda_provider_available() -> bool:

@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from speca_compile import zoo
+from speca_compile.options import Options
 from speca_compile.bench.suite import REFERENCE
 
 QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (0.1,), "inductor": False,
@@ -52,10 +53,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--tau0", default="0.02,0.05,0.1,0.2,0.4", help="comma-separated thresholds, one row each")
     bench.add_argument("--lowerings", default=",".join(LOWERINGS),
                        help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS + EXTRA_LOWERINGS)}")
-    bench.add_argument("--forecasters", default="taylor",
+    bench.add_argument("--forecasters", default=Options.forecaster,
                        help="comma-separated, speca rows for each: taylor, hermite, foca")
-    bench.add_argument("--orders", default="2", help="comma-separated forecast orders, speca rows for each")
-    bench.add_argument("--max-speculative", default="5",
+    bench.add_argument("--orders", default=str(Options.order), help="comma-separated forecast orders, speca rows for each")
+    bench.add_argument("--max-speculative", default=str(Options.max_speculative),
                        help="comma-separated, speca rows for each: most forecast steps in a row")
     bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
     bench.add_argument("--no-peers", action="store_true",

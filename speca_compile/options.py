@@ -53,7 +53,8 @@ class Options:
     # with onnxruntime-gpu's CUDA provider), else eager; the backend resolves it per graph
     lowering: str = "auto"
     precision: str = "fp32"
-    on_lowering_error: str = "raise"
+    # None: "eager" under lowering="auto" (the best engine that works), "raise" for a named lowering
+    on_lowering_error: Optional[str] = None
     timestep_input: Optional[str] = None
     cache_dir: Optional[str] = None
     # called after every denoising step with a dict of that step's figures
@@ -112,7 +113,8 @@ class Options:
             )
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("on_lowering_error", self.on_lowering_error, ON_LOWERING_ERROR)
+        if self.on_lowering_error is not None:
+            _check_choice("on_lowering_error", self.on_lowering_error, ON_LOWERING_ERROR)
         if self.timestep_input is not None:
             _check_type("timestep_input", self.timestep_input, str)
         if self.cache_dir is not None:

@@ -77,7 +77,8 @@ def test_model_without_blocks_runs_unchanged_and_says_why():
     compiled = torch.compile(model, backend="speca")
     x, t = torch.randn(3, 8), torch.tensor([0.5, 0.4, 0.3])
     with torch.no_grad():
-        assert torch.equal(compiled(x, t), model(x, t))
+        out, ref = compiled(x, t), model(x, t)
+    assert float((out - ref).norm() / ref.norm()) < 1e-5       # one ONNX Runtime segment (lowering='auto')
     stats = speca_compile.stats(compiled)
     assert stats["graphs"] == 1 and stats["speculation"] is False
     assert "no ModuleList" in stats["reason"]

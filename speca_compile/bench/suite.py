@@ -25,6 +25,7 @@ from speca_compile.bench import methods as methods_mod
 from speca_compile.bench.meter import OpMeter
 from speca_compile.bench.quality import image_psnr, psnr, relative_l2, ssim
 from speca_compile.bench.timing import interleaved_medians
+from speca_compile.options import Options
 from speca_compile.reference.digits import to_unit
 
 REFERENCE = ("dit_digits", "flux_digits")
@@ -39,9 +40,9 @@ class BenchConfig:
     repeats: int = 3
     taus: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4)
     lowerings: Sequence[str] = ("eager", "onnxruntime")
-    forecasters: Sequence[str] = ("taylor",)
-    orders: Sequence[int] = (2,)
-    max_speculatives: Sequence[int] = (5,)   # speca's max_speculative, rows for each
+    forecasters: Sequence[str] = (Options.forecaster,)        # rows for each; default: the default
+    orders: Sequence[int] = (Options.order,)
+    max_speculatives: Sequence[int] = (Options.max_speculative,)
     inductor: bool = True
     peers: bool = True
     seed: int = 0

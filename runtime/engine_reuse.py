@@ -1,0 +1,92 @@
+"""Reusing a shape-general ONNX file for a segment of a new Dynamo graph of the same model.
+
+Dynamo compiles a new graph when a call breaks the guards of the ones it has:
+a batch of 1 (it specialises size 1) or a size it had specialised.  Each new
+graph's segments would be exported to ONNX again, although a file exported
+with dynamic axes for an earlier graph of the same model already computes
+them.  Two segments belong to one *family* when their graphs call the same
+operations in the same order (integer arguments, i.e. sizes, aside), with the
+same weights, tensor-input dtypes and ranks, baked-in constants and options.
+
+A family member exported with a dynamic axis leaves a pointer in the engine
+cache; a later member whose own file is not cached tries that file first and
+keeps it only if, on the call's real inputs, its outputs match the segment
+run eagerly (relative error <= ``REUSE_TOLERANCE``).  A structural match alone
+never replaces an export; a failed check exports as before and says so.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import fx
+
+from speca_compile.passes.find_blocks import is_scalar
+from speca_compile.runtime.engine_cache import EngineCache, cache_key
+from speca_compile.runtime.segment_io import SegmentIO, baked_values
+
+REUSE_TOLERANCE = 1e-4
+
+
+def structure(gm: fx.GraphModule) -> str:
+    """The tensor calls of ``gm`` in order, sizes masked: a size is an int in a graph Dynamo
+    specialised and a symbolic node (with the arithmetic computing it) in a dynamic one."""
+    parts = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module") or is_scalar(node):
+            continue
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+        args = fx.node.map_aggregate((node.args, node.kwargs), _mask)
+        parts.append(f"{node.op}:{target}:{args!r}")
+    return "\n".join(parts)
+
+
+def _mask(value):
+    if isinstance(value, fx.Node):
+        return "i" if is_scalar(value) else "%"
+    if type(value) is int:
+        return "i"
+    return value
+
+
+def family_key(gm: fx.GraphModule, io_spec: SegmentIO, values: Sequence, *identity: str) -> str:
+    """What a reusable file must share with the segment: its calls, tensor-input dtypes and ranks,
+    baked-in constants, and ``identity`` (weights digest, options, tool versions)."""
+    tensors = [f"{s.dtype}:{len(s.shape)}" for s in io_spec.inputs if s.kind == "tensor"]
+    return cache_key("onnx-family", structure(gm), "|".join(tensors), repr(baked_values(io_spec, values)),
+                     f"outputs={len(io_spec.tensor_outputs)}", *identity)
+
+
+def is_shape_general(io_spec: SegmentIO) -> bool:
+    return any(dim is None for s in io_spec.inputs if s.kind == "tensor" for dim in s.shape)
+
+
+def remember(cache: EngineCache, family: str, key: str) -> None:
+    """Point ``family`` at the cached file ``key`` (a shape-general export)."""
+    pointer = cache.path(family, ".family")
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(key + "\n")
+
+
+def candidate(cache: EngineCache, family: str, suffix: str) -> Optional[str]:
+    """The cache key of a shape-general file of ``family``, if one was remembered and is still there."""
+    pointer = cache.path(family, ".family")
+    if not pointer.exists():
+        return None
+    key = pointer.read_text().strip()
+    return key if cache.lookup(key, suffix) is not None else None
+
+
+def agrees_with_eager(segment_module, inputs: Sequence, io_spec: SegmentIO, outputs: List[torch.Tensor]) -> bool:
+    """Whether ``outputs`` (the engine's tensor outputs) match the segment run eagerly on ``inputs``."""
+    with torch.no_grad():
+        expected = list(segment_module(*inputs))
+    for i, got in zip(io_spec.tensor_outputs, outputs):
+        want = expected[i]
+        if tuple(got.shape) != tuple(want.shape):
+            return False
+        scale = float(want.double().norm())
+        if float((got.to(want.device).double() - want.double()).norm()) > REUSE_TOLERANCE * max(scale, 1e-12):
+            return False
+    return True
