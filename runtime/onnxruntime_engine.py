@@ -90,10 +90,11 @@ class OnnxRuntimeEngine(Engine):
     def _execute(self, variant, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         return run_session(variant.session, variant.input_names, variant.output_names, tensors)
 
-    def _onnx_file(self, inputs: Sequence):
-        """The segment's ONNX file (from the engine cache), its input specs and the cache event."""
-        io_spec = analyze_segment(self.segment, inputs)
-        key = onnx_cache_key(self.segment, io_spec, inputs, self.options)
+    def _onnx_file(self, inputs: Sequence, io_spec: Optional[SegmentIO] = None, key: Optional[str] = None):
+        """The segment's ONNX file (from the engine cache), its input specs, key and the cache event
+        (``io_spec`` and ``key`` when the caller has them already)."""
+        io_spec = io_spec if io_spec is not None else analyze_segment(self.segment, inputs)
+        key = key if key is not None else onnx_cache_key(self.segment, io_spec, inputs, self.options)
         before = len(self.cache.events)
         path = self.cache.get_or_build(key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p))
         return path, io_spec, key, self.cache.events[before][0]
@@ -110,10 +111,7 @@ class OnnxRuntimeEngine(Engine):
             variant, path = self._reuse(family, io_spec, inputs, on_gpu)
             event = "reused" if variant is not None else None
         if variant is None:
-            before = len(self.cache.events)
-            path = self.cache.get_or_build(key, ".onnx",
-                                           lambda p: export_segment(self.segment, io_spec, inputs, p))
-            event = self.cache.events[before][0] if event is None else event
+            path, _, _, event = self._onnx_file(inputs, io_spec, key)
             variant = _Variant(io_spec, make_session(path, on_gpu, f"segment {self.segment.name!r}"))
             if is_shape_general(io_spec):
                 remember(self.cache, family, key)

@@ -119,24 +119,23 @@ def _parse_models(text: str) -> List[str]:
     return names
 
 
-def _parse_taus(text: str) -> tuple:
+def _parse_list(flag: str, text: str, cast, low, kind: str) -> tuple:
+    """A comma-separated list of ``cast`` values, each >= ``low`` (``kind`` names them in errors)."""
     try:
-        taus = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(cast(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise SystemExit(f"speca bench: --tau0 takes comma-separated numbers, got {text!r}") from None
-    if not taus or any(t < 0 for t in taus):
-        raise SystemExit(f"speca bench: --tau0 needs numbers >= 0, got {text!r}")
-    return taus
+        raise SystemExit(f"speca bench: {flag} takes comma-separated {kind}, got {text!r}") from None
+    if not values or any(v < low for v in values):
+        raise SystemExit(f"speca bench: {flag} needs {kind} >= {low}, got {text!r}")
+    return values
+
+
+def _parse_taus(text: str) -> tuple:
+    return _parse_list("--tau0", text, float, 0, "numbers")
 
 
 def _parse_ints(flag: str, text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SystemExit(f"speca bench: {flag} takes comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise SystemExit(f"speca bench: {flag} needs integers >= 1, got {text!r}")
-    return values
+    return _parse_list(flag, text, int, 1, "integers")
 
 
 def _parse_device(text: str) -> str:
