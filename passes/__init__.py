@@ -4,12 +4,14 @@
 node to the prologue, one block, or the epilogue; ``partition`` cuts the graph
 there into segment GraphModules with named boundary (cut) values;
 ``find_batch_inputs`` tells which graph inputs carry the batch dimension, so
-the runtime can run a sub-batch.  None of them keeps state.
+the runtime can run a sub-batch; ``fuse_stack`` joins the blocks into one
+segment for the full path.  None of them keeps state.
 """
 
 from speca_compile.passes.find_blocks import BlockPlan, find_blocks
 from speca_compile.passes.partition import Segment, SpeculativeProgram, partition
 from speca_compile.passes.batch_inputs import find_batch_inputs
+from speca_compile.passes.fuse_stack import fuse_stack
 
 __all__ = [
     "BlockPlan",
@@ -18,4 +20,5 @@ __all__ = [
     "SpeculativeProgram",
     "partition",
     "find_batch_inputs",
+    "fuse_stack",
 ]

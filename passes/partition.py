@@ -55,7 +55,8 @@ class SpeculativeProgram:
     """A partitioned graph plus what the runtime needs to speculate over it.
 
     ``segments`` is ``[prologue, *units, epilogue]`` when blocks were found,
-    else a single segment holding the whole graph.  ``cuts[c]`` names the
+    else a single segment holding the whole graph; ``stack``, once set, runs
+    the units in one segment for the full path.  ``cuts[c]`` names the
     state at cut c (``cuts[0]``: stream inputs).  ``reason`` says why the
     program cannot speculate (then the runtime only runs the full path).
     """
@@ -69,6 +70,7 @@ class SpeculativeProgram:
     shapes: Dict[str, Tuple]
     batch_size: Optional[int]
     reason: Optional[str]
+    stack: Optional[Segment] = None   # all blocks as one segment (passes.fuse_stack): the full path
 
     @property
     def num_units(self) -> int:
@@ -86,10 +88,21 @@ class SpeculativeProgram:
     def epilogue(self) -> Segment:
         return self.segments[-1]
 
+    @property
+    def full_path(self) -> Tuple[Segment, ...]:
+        """What a full step runs: prologue, the fused block stack, epilogue (else every segment)."""
+        if self.stack is None:
+            return self.segments
+        return (self.prologue, self.stack, self.epilogue)
+
+    @property
+    def all_segments(self) -> Tuple[Segment, ...]:
+        return self.segments + ((self.stack,) if self.stack is not None else ())
+
     def describe(self) -> str:
         """A human-readable summary (what ``speca inspect`` prints)."""
         lines = [self.plan.describe()]
-        for seg in self.segments:
+        for seg in self.all_segments:
             lines.append(f"  segment {seg.name:<32} {seg.op_count:5d} ops, "
                          f"{len(seg.inputs)} inputs, {len(seg.outputs)} outputs")
         for c, names in enumerate(self.cuts):
@@ -134,7 +147,7 @@ def partition(gm: fx.GraphModule, plan: BlockPlan) -> SpeculativeProgram:
             idx = owner_index.get(owner, owner)
             seg_of[n] = idx
             members[idx + 1].append(n)
-    names = ["prologue"] + [f"block_{i}:{plan.units[i]}" for i in range(num_units)] + ["epilogue"]
+    names = ["prologue"] + [unit_segment_name(i, plan.units[i]) for i in range(num_units)] + ["epilogue"]
     segments = tuple(_extract(gm, names[i], members[i]) for i in range(num_units + 2))
 
     cuts = _cut_state(graph_nodes, seg_of, members, num_units, output_node)
@@ -142,6 +155,10 @@ def partition(gm: fx.GraphModule, plan: BlockPlan) -> SpeculativeProgram:
     reason = _speculation_problem(gm, cuts, output_node, batch)
     return SpeculativeProgram(tuple(n.name for n in placeholders), user_inputs, segments, cuts,
                               output, plan, shapes, batch, reason)
+
+
+def unit_segment_name(index: int, unit: str) -> str:
+    return f"block_{index}:{unit}"
 
 
 def _extract(gm: fx.GraphModule, name: str, nodes: Sequence[fx.Node]) -> Segment:

@@ -27,6 +27,11 @@ class Engine:
     def run(self, inputs: Sequence) -> List:
         raise NotImplementedError
 
+    def built(self) -> bool:
+        """Whether a call runs at once, with no export or compile first (engines that build
+        count their builds in ``info``; one that counts none needs none)."""
+        return int(self.info.get("builds", 1)) > 0
+
 
 class EagerFallback(Engine):
     """Runs a lowered engine; if it fails to build, runs the segment eagerly instead.
@@ -42,6 +47,9 @@ class EagerFallback(Engine):
     @property
     def name(self):
         return self.engine.name
+
+    def built(self) -> bool:
+        return self.engine.built()   # after a fallback, the eager engine: nothing to build
 
     def run(self, inputs: Sequence) -> List:
         try:
@@ -84,32 +92,32 @@ def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     """One engine per segment, keyed by segment name."""
     engines = _lower(program, options)
     if options.on_lowering_error == "eager" and options.lowering != "eager":
-        segments = {seg.name: seg for seg in program.segments}
+        segments = {seg.name: seg for seg in program.all_segments}
         return {name: EagerFallback(engine, segments[name]) for name, engine in engines.items()}
     return engines
 
 
 def _lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     if options.lowering == "eager":
-        return {seg.name: EagerEngine(seg) for seg in program.segments}
+        return {seg.name: EagerEngine(seg) for seg in program.all_segments}
     if options.lowering == "inductor":
         from speca_compile.runtime.inductor_engine import InductorEngine
 
-        return {seg.name: InductorEngine(seg) for seg in program.segments}
+        return {seg.name: InductorEngine(seg) for seg in program.all_segments}
     if options.lowering == "onnxruntime":
         from speca_compile.runtime.engine_cache import EngineCache
         from speca_compile.runtime.onnxruntime_engine import OnnxRuntimeEngine, import_onnxruntime
 
         import_onnxruntime()  # a missing package fails at compile time, naming the extra
         cache = EngineCache(options.cache_dir)
-        return {seg.name: OnnxRuntimeEngine(seg, options, cache) for seg in program.segments}
+        return {seg.name: OnnxRuntimeEngine(seg, options, cache) for seg in program.all_segments}
     if options.lowering == "tensorrt":
         from speca_compile.runtime.engine_cache import EngineCache
         from speca_compile.runtime.tensorrt_engine import TensorRTEngine, import_tensorrt
 
         import_tensorrt()  # no TensorRT or no GPU: fails at compile time, naming the extra
         cache = EngineCache(options.cache_dir)
-        return {seg.name: TensorRTEngine(seg, options, cache) for seg in program.segments}
+        return {seg.name: TensorRTEngine(seg, options, cache) for seg in program.all_segments}
     raise ValueError(f"lowering {options.lowering!r} is not available")
 
 

@@ -42,6 +42,11 @@ def feature_groups(verify_unit: int, num_units: int) -> Tuple[FeatureGroup, ...]
     return tuple(groups)
 
 
+def cache_cuts(groups: Sequence[FeatureGroup]) -> Tuple[int, ...]:
+    """The cuts whose state a full step must hand the cache (each group's base and target)."""
+    return tuple(sorted({c for g in groups for c in (g.base, g.target)}))
+
+
 def residual_pairing(target: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> Optional[Tuple[int, ...]]:
     """For each target stream, the index of the base stream it is a residual of; None if unpaired."""
     if len(target) != len(base):

@@ -25,7 +25,7 @@ import torch
 from speca_compile.options import Options
 from speca_compile.passes.partition import SpeculativeProgram, ValueRef
 from speca_compile.runtime.engine import Engine
-from speca_compile.runtime.feature_cache import feature_groups
+from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
 from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.threshold import threshold
 from speca_compile.runtime.trajectory import StepRecord, Trajectory, TrajectoryTracker
@@ -53,6 +53,7 @@ class Runner:
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
         self._leaves = _leaves(program.output)
+        self._verify_unbuilt = self.speculating and program.stack is not None
         # a dispatch mode entered around every call (speca_compile.metered); None in production
         self.meter = None
         self.graph_inputs = ()   # where each placeholder comes from (set by the backend; for export)
@@ -135,15 +136,21 @@ class Runner:
         env = self._run_full(args, index if len(samples) < batch else None)
         if env.get("__rows__") is not None:
             env = _select_rows(env, self._row_names(), index)
-        cuts = {c: tuple(env[n] for n in self.program.cuts[c])
-                for g in self.groups for c in (g.base, g.target)}
+        cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in cache_cuts(self.groups)}
         traj.cache.update(index, scaled[index], cuts)
         return index, env
 
     def _run_full(self, args, index: Optional[torch.Tensor]) -> Env:
         env = self._bind(args, index)
-        for segment in self.program.segments:
+        for segment in self.program.full_path:
             self._run_segment(env, segment)
+        if self._verify_unbuilt:
+            # full steps run the fused stack, so build the verify block's engine now, from this
+            # step's state: every engine's build cost falls on the first call, not on a later step
+            self._verify_unbuilt = False
+            verify = self.program.units[self.verify_unit]
+            if not self.engines[verify.name].built():
+                self._run_segment(dict(env), verify)
         return env
 
     # ------------------------------------------------------ speculative path
@@ -180,7 +187,7 @@ class Runner:
         if v + 1 < self.num_units:
             env.update(zip(cuts[self.num_units], cache.predict("rest", work, t, forecast)))
         self._run_segment(env, self.program.epilogue)
-        used = {c: self._values(env, c) for g in self.groups for c in (g.base, g.target)}
+        used = {c: self._values(env, c) for c in cache_cuts(self.groups)}
         if rows is not None:
             env = _select_rows(env, self._row_names(), rows)
             errors = errors[rows]
@@ -267,7 +274,8 @@ class Runner:
             "lowering": self.options.lowering,
             "calls": self.calls,
             "notes": list(self.notes),
-            "engines": [dict(e.info) for e in self.engines.values() if e.info],
+            # engines built so far (the per-block ones are built only for the blocks run alone)
+            "engines": [dict(e.info) for e in self.engines.values() if e.info and e.built()],
             "trajectories": trajectories,
         }
 

@@ -14,10 +14,11 @@ from torch import fx
 from speca_compile import registry
 from speca_compile.errors import OptionsError
 from speca_compile.options import Options
-from speca_compile.passes import find_batch_inputs, find_blocks, partition
+from speca_compile.passes import find_batch_inputs, find_blocks, fuse_stack, partition
 from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input
 from speca_compile.runtime.engine import lower, resolve_lowering
+from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
 from speca_compile.runtime.runner import Runner
 
 
@@ -37,6 +38,7 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
     if program.reason is None:
         batch_inputs, note = find_batch_inputs(gm, example_inputs, program)
         notes.append(note)
+    program = fuse_stack(program, _cache_cuts(settings, program, reason))
     engines = lower(program, settings)
     runner = Runner(program, engines, settings, batch_inputs, timestep_index, reason, notes)
     runner.graph_inputs = describe_graph_inputs(gm, example_inputs)   # for speca_compile.export
@@ -44,6 +46,13 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
                     if name not in program.user_inputs]
     registry.register(runner, module_state, options)
     return runner
+
+
+def _cache_cuts(settings: Options, program, reason: Optional[str]):
+    """The cuts a full step hands the feature cache (none when the runner cannot speculate)."""
+    if reason is not None or not program.num_units:
+        return ()
+    return cache_cuts(feature_groups(settings.verify_block % program.num_units, program.num_units))
 
 
 def _check_verify_block(settings: Options, num_units: int) -> None:

@@ -58,6 +58,20 @@ def test_bundle_reproduces_the_compiled_model_in_a_process_without_model_code(ex
     assert any("A" in d or "S" in d for d in decisions)
 
 
+def test_bundle_holds_the_segments_the_runtime_runs(exported, tmp_path):
+    """Full steps run the fused block stack, speculative ones the verify block alone: the bundle
+    holds those four engines, and a manifest without the verify block is refused."""
+    ref, path, _, _ = exported
+    manifest = json.loads((path / "manifest.json").read_text())
+    verify = manifest["units"][-1]
+    names = [s["name"] for s in manifest["segments"]]
+    assert names == ["prologue", f"block_{len(manifest['units']) - 1}:{verify}", "block_stack", "epilogue"]
+    assert manifest["stack"] == "block_stack" and len(list(path.glob("*.onnx"))) == 4
+    manifest["segments"] = [s for s in manifest["segments"] if s["name"] != names[1]]
+    with pytest.raises(BundleError, match=rf"'segments' lacks {names[1]}, which the runtime runs"):
+        mf.parse(manifest)
+
+
 def _copy(exported, tmp_path):
     target = tmp_path / "copy"
     shutil.copytree(exported[1], target)
@@ -169,7 +183,7 @@ def _valid_manifest():
                              {"name": "w", "kind": "module", "value": None}],
             "segments": [{"name": "whole_graph", "file": "a.onnx", "inputs": ["l_x_"], "outputs": ["y"],
                           "tensor_inputs": [0], "onnx_inputs": ["l_x_"], "tensor_outputs": [0]}],
-            "cuts": [], "units": [], "outputs": ["y"], "timestep_index": 0, "batch_inputs": [0],
+            "cuts": [], "units": [], "stack": None, "outputs": ["y"], "timestep_index": 0, "batch_inputs": [0],
             "batch_size": None, "reason": None, "settings": {k: None for k in mf.SETTINGS},
             "files": {"a.onnx": "0" * 64}, "created_with": {}}
 

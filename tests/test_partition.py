@@ -112,3 +112,34 @@ def test_describe_lists_segments_and_cuts():
     text = runner.program.describe()
     assert "transformer_blocks x2, single_transformer_blocks x2" in text
     assert "stream in" in text and "cut 4" in text and "speculation: possible" in text
+
+
+
+@pytest.mark.parametrize("name", ["flux", "sd3"])
+def test_fused_stack_gives_the_cut_state_the_blocks_give(name):
+    """passes.fuse_stack: one segment for the full path, giving the state at the cuts asked for;
+    a speculative trajectory through it equals one through the blocks run one by one."""
+    import dataclasses
+
+    from speca_compile.passes import fuse_stack
+
+    runner, compiled = compiled_program(name, options={"lowering": "eager"})
+    program = runner.program
+    last = program.num_units
+    cache_cuts = [c for c in (runner.verify_unit, runner.verify_unit + 1, last) if c > 0]
+    assert set(program.stack.outputs) == {n for c in cache_cuts for n in program.cuts[c]}
+    assert [s.name for s in program.full_path] == ["prologue", "block_stack", "epilogue"]
+    fused = fuse_stack(program, [0, 1, 2]).stack      # cut 0 is an input, never an output
+    assert fused.outputs == tuple(dict.fromkeys(program.cuts[1] + program.cuts[2] + program.cuts[last]))
+    assert fuse_stack(dataclasses.replace(program, cuts=()), [1]).stack is program.stack  # no blocks
+
+    z = helpers.build(name)
+    fused_out = helpers.trajectory(z, compiled, 2, 30, seed=3)
+    fused_decisions = speca_compile.stats(compiled)["trajectories"][-1]["decisions"]
+    runner.program = dataclasses.replace(program, stack=None)   # full steps block by block
+    runner.reset()
+    out = helpers.trajectory(z, compiled, 2, 30, seed=3)
+    assert speca_compile.stats(compiled)["trajectories"][-1]["decisions"] == fused_decisions
+    summary = speca_compile.stats(compiled)["trajectories"][-1]
+    assert 0 < summary["full"] < summary["steps"] and summary["speculative"] > 0
+    assert helpers.rel_err(out, fused_out) < 1e-6

@@ -1,8 +1,10 @@
 """``speca_compile.export``: compile a model once and write its engines and manifest as a bundle.
 
-The model is compiled with the ONNX Runtime lowering and called once on the
-example inputs (the first step of a trajectory runs every segment, so every
-engine gets built).  The bundle is written to a temporary directory beside
+The model is compiled with the ONNX Runtime lowering and called on the
+example inputs until every segment the runtime runs has an engine: the first
+step of a trajectory is a full one (prologue, block stack, epilogue), the
+verify block's engine is built by the first speculative step.  The bundle
+holds those segments only.  The bundle is written to a temporary directory beside
 the target and renamed into place at the end: an interrupted export leaves
 the target as it was, and an existing bundle is replaced only with
 ``overwrite=True``.
@@ -104,19 +106,23 @@ def describe(runner, bundle: Path, positions: Optional[Dict[str, int]] = None) -
             d = inputs[p.key]
             inputs[p.key] = dataclasses.replace(d, shape=tuple(None if i == p.axis else s
                                                                 for i, s in enumerate(d.shape)))
-    segments = tuple(_segment(i, seg, runner.engines[seg.name], bundle)
-                     for i, seg in enumerate(program.segments))
+    runs = list(program.full_path)
+    if runner.speculating:
+        runs.insert(1, program.units[runner.verify_unit])
+    segments = tuple(_segment(i, seg, runner.engines[seg.name], bundle) for i, seg in enumerate(runs))
     outputs = _output_names(program.output)
     tensor_names = {seg.outputs[i] for seg in segments for i in seg.tensor_outputs}
     tensor_names |= {p.name for p in placeholders if p.kind == "input"}
     # scalars entering the first block (sizes, module constants) are baked into its engine;
     # everything the runtime itself handles (outputs, cached features) must be a tensor
-    for name in outputs + tuple(n for cut in program.cuts[1:] for n in cut):
+    handled = program.stack.outputs if program.stack is not None else [n for c in program.cuts[1:] for n in c]
+    for name in outputs + tuple(handled):
         if name not in tensor_names:
             raise BundleError(f"export: {name!r} (an output or cut value) is not a tensor an engine computes")
     settings = {k: getattr(runner.options, k) for k in mf.SETTINGS}
     return mf.Manifest(tuple(inputs.values()), tuple(placeholders), segments, program.cuts,
-                       tuple(program.plan.units), outputs, runner.timestep_index,
+                       tuple(program.plan.units), program.stack.name if program.stack is not None else None,
+                       outputs, runner.timestep_index,
                        None if runner.batch_inputs is None else tuple(runner.batch_inputs),
                        program.batch_size if isinstance(program.batch_size, int) else None,
                        runner.reason, settings, {}, _versions())

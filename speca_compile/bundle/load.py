@@ -21,7 +21,7 @@ from speca_compile.bundle.export import EXAMPLE_INPUTS, MANIFEST
 from speca_compile.errors import BundleError
 from speca_compile.options import Options
 from speca_compile.passes.find_blocks import BlockPlan
-from speca_compile.passes.partition import Segment, SpeculativeProgram, ValueRef
+from speca_compile.passes.partition import Segment, SpeculativeProgram, ValueRef, unit_segment_name
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.engine_cache import file_digest
 from speca_compile.runtime.onnxruntime_engine import make_session, run_session
@@ -106,13 +106,20 @@ class BundleModel:
         for decl in manifest.segments:
             session = make_session(path / decl.file, on_gpu, f"bundle segment {decl.name!r}")
             engines[decl.name] = BundleEngine(decl, session)
-        segments = tuple(Segment(d.name, None, d.inputs, d.outputs) for d in manifest.segments)
+        declared = {d.name: Segment(d.name, None, d.inputs, d.outputs) for d in manifest.segments}
+        if manifest.cuts:   # blocks the runtime never runs alone are not in the bundle
+            names = (["prologue"] + [unit_segment_name(i, u) for i, u in enumerate(manifest.units)]
+                     + ["epilogue"])
+            segments = tuple(declared.get(n, Segment(n, None, (), ())) for n in names)
+        else:
+            segments = tuple(declared.values())
         plan = BlockPlan(stacks=(), units=manifest.units, assignment={})
         program = SpeculativeProgram(
             placeholders=tuple(p.name for p in manifest.placeholders),
             user_inputs=tuple(p.name for p in manifest.placeholders if p.kind != "module"),
             segments=segments, cuts=manifest.cuts, output=tuple(ValueRef(n) for n in manifest.outputs),
-            plan=plan, shapes={}, batch_size=manifest.batch_size, reason=manifest.reason)
+            plan=plan, shapes={}, batch_size=manifest.batch_size, reason=manifest.reason,
+            stack=declared.get(manifest.stack) if manifest.stack is not None else None)
         options = Options.parse({**manifest.settings, "lowering": "onnxruntime"})
         self.runner = Runner(program, engines, options, manifest.batch_inputs, manifest.timestep_index,
                              manifest.reason, notes=(f"loaded from bundle {path}",))

@@ -11,9 +11,10 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 from speca_compile.errors import BundleError
+from speca_compile.passes.partition import unit_segment_name
 
 FORMAT = "speca-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: only the segments the runtime runs, and the fused block stack
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 PLACEHOLDER_KINDS = ("input", "dim", "module")
 SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta", "warmup", "min_speculative",
@@ -52,9 +53,10 @@ class SegmentDecl:
 class Manifest:
     inputs: Tuple[InputDecl, ...]
     placeholders: Tuple[PlaceholderDecl, ...]
-    segments: Tuple[SegmentDecl, ...]
+    segments: Tuple[SegmentDecl, ...]        # prologue, the verify block, epilogue, the block stack
     cuts: Tuple[Tuple[str, ...], ...]
     units: Tuple[str, ...]
+    stack: Optional[str]                      # the segment running all blocks (full steps), if any
     outputs: Tuple[str, ...]
     timestep_index: Optional[int]
     batch_inputs: Optional[Tuple[int, ...]]
@@ -90,9 +92,14 @@ def parse(data: Any) -> Manifest:
     cuts = tuple(tuple(_str(n, f"cuts[{i}]") for n in _list_of(c, f"cuts[{i}]"))
                  for i, c in enumerate(_list(obj, "cuts")))
     units = tuple(_str(n, "units") for n in _list(obj, "units"))
-    if cuts and len(segments) != len(cuts) + 1:
-        raise BundleError(f"manifest.json: {len(cuts)} cuts need {len(cuts) + 1} segments "
-                          f"(prologue, blocks, epilogue), found {len(segments)}")
+    if cuts and len(units) != len(cuts) - 1:
+        raise BundleError(f"manifest.json: {len(cuts)} cuts need {len(cuts) - 1} units, found {len(units)}")
+    names = [d.name for d in segments]
+    if len(set(names)) != len(names):
+        raise BundleError("manifest.json: 'segments' has a repeated name")
+    stack = obj.get("stack")
+    if stack is not None and stack not in names:
+        raise BundleError(f"manifest.json: 'stack' is {stack!r}, expected null or a segment name")
     outputs = tuple(_str(n, "outputs") for n in _list(obj, "outputs"))
     count = len(placeholders)
     timestep_index = _opt_index(obj.get("timestep_index"), "timestep_index", count)
@@ -110,8 +117,27 @@ def parse(data: Any) -> Manifest:
     if missing:
         raise BundleError(f"manifest.json: 'settings' lacks {', '.join(missing)}")
     created = {str(k): str(v) for k, v in _dict(obj.get("created_with", {}), "created_with").items()}
-    return Manifest(inputs, placeholders, segments, cuts, units, outputs, timestep_index, batch_inputs,
-                    batch_size, reason, {k: settings[k] for k in SETTINGS}, files, created)
+    manifest = Manifest(inputs, placeholders, segments, cuts, units, stack, outputs, timestep_index,
+                        batch_inputs, batch_size, reason, {k: settings[k] for k in SETTINGS}, files, created)
+    absent = [n for n in needed_segments(manifest) if n not in names]
+    if absent:
+        raise BundleError(f"manifest.json: 'segments' lacks {', '.join(absent)}, which the runtime runs")
+    return manifest
+
+
+def needed_segments(manifest: Manifest) -> List[str]:
+    """The segments the runtime runs: the full path, and the verify block when it speculates."""
+    if not manifest.cuts:
+        return [d.name for d in manifest.segments[:1]]
+    units = [unit_segment_name(i, u) for i, u in enumerate(manifest.units)]
+    names = ["prologue"] + ([manifest.stack] if manifest.stack is not None else units) + ["epilogue"]
+    verify = manifest.settings.get("verify_block")
+    if manifest.reason is None:
+        if not (_is_int(verify) and -len(units) <= verify < len(units)):
+            raise BundleError(f"manifest.json: settings.verify_block is {verify!r}, expected an index "
+                              f"into the {len(units)} units")
+        names.append(units[verify])
+    return names
 
 
 # ---------------------------------------------------------------- field checks
