@@ -6,9 +6,10 @@ export to ONNX (``onnx_export``), through the on-disk ``EngineCache``, then an
 A segment of a new Dynamo graph of the same model (a batch of 1, a new
 resolution) first tries the shape-general file of its family
 (``engine_reuse``), kept only if it agrees with eager on that call.
-Inputs and outputs share memory with torch tensors on CPU (numpy views), so
-no copy is made between segments.  The CUDA execution provider is used when
-the inputs live on a GPU and ``onnxruntime-gpu`` provides it.
+Sessions run with I/O binding (``run_session``): inputs are bound where they
+lie and outputs come back through DLPack on the same device, so no copy is
+made between segments.  The CUDA execution provider is used when the inputs
+live on a GPU and ``onnxruntime-gpu`` provides it.
 """
 
 from __future__ import annotations
@@ -167,14 +168,43 @@ def make_session(path, on_gpu: bool, what: str):
 
 def run_session(session, input_names: Sequence[str], output_names: Sequence[str],
                 tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Run ``session`` on torch tensors (CPU: shared memory, no copy); outputs on the inputs' device."""
-    feed = {name: _as_numpy(t) for name, t in zip(input_names, tensors)}
-    outputs = [torch.from_numpy(a) for a in session.run(list(output_names), feed)]
+    """Run ``session`` on torch tensors with I/O binding; outputs on the inputs' device.
+
+    Inputs are bound where they lie (CPU: the tensor's memory as a numpy view; CUDA, when the
+    session runs there: the device pointer) and outputs are allocated by ONNX Runtime on that
+    device and handed to torch through DLPack, so consecutive segments exchange tensors
+    without a host copy.  CUDA inputs to a CPU-only session are copied to the host and back.
+    """
     device = tensors[0].device if tensors else torch.device("cpu")
-    if device.type != "cpu":
+    on_device = device.type == "cuda" and "CUDAExecutionProvider" in session.get_providers()
+    binding = session.io_binding()
+    keep = []   # the bound memory must outlive the run
+    if on_device:
+        torch.cuda.current_stream(device).synchronize()   # ONNX Runtime reads on its own stream
+    for name, tensor in zip(input_names, tensors):
+        tensor = tensor.detach().contiguous() if on_device else _as_numpy(tensor)
+        keep.append(tensor)
+        if on_device:
+            binding.bind_input(name, "cuda", device.index or 0, _numpy_dtype(tensor.dtype),
+                               list(tensor.shape), tensor.data_ptr())
+        else:
+            binding.bind_cpu_input(name, tensor)
+    for name in output_names:
+        binding.bind_output(name, "cuda" if on_device else "cpu", (device.index or 0) if on_device else 0)
+    session.run_with_iobinding(binding)
+    outputs = [torch.from_dlpack(value) for value in binding.get_outputs()]
+    if device.type != "cpu" and not on_device:
         outputs = [o.to(device) for o in outputs]
     return outputs
 
 
 def _as_numpy(t: torch.Tensor):
     return t.detach().to("cpu").contiguous().numpy()
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    """The element type ONNX Runtime's binding takes (numpy's; it has none for bfloat16)."""
+    if dtype == torch.bfloat16:
+        raise LoweringError("ONNX Runtime's Python binding cannot bind bfloat16 tensors; "
+                            "run the model in float32 or float16")
+    return torch.empty((), dtype=dtype).numpy().dtype
