@@ -14,7 +14,7 @@ import torch
 
 from speca_compile.errors import LoweringError
 
-from speca_compile.options import Options
+from speca_compile.options import Options, check_precision
 from speca_compile.passes.partition import Segment, SpeculativeProgram
 
 
@@ -70,6 +70,12 @@ def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Option
     ONNX Runtime is the default engine, but its CPU build on GPU inputs would copy every
     segment's inputs to the host and compute there: on a GPU without onnxruntime-gpu's CUDA
     provider the segments run eagerly on the GPU instead, and the note names the extra."""
+    options, note = _resolve(options, example_inputs)
+    check_precision(options)   # "auto" may have resolved to eager, which has no fp16 graphs
+    return options, note
+
+
+def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optional[str]]:
     if options.lowering != "auto":
         return options.replace(on_lowering_error=options.on_lowering_error or "raise"), None
     # under "auto" a segment ONNX cannot export runs eagerly, with a warning and "fallback" in stats

@@ -121,8 +121,10 @@ def input_names(io_spec: SegmentIO) -> List[str]:
     return [io_spec.inputs[i].name for i in io_spec.tensor_inputs]
 
 
-def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path: Path) -> None:
-    """Write ``segment`` as a self-contained ONNX file at ``path``."""
+def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path: Path,
+                   precision: str = "fp32") -> None:
+    """Write ``segment`` as a self-contained ONNX file at ``path``; ``precision="fp16"``
+    computes in half precision inside the graph (see ``to_fp16``)."""
     values = [v.detach().cpu() if isinstance(v, torch.Tensor) else v for v in values]
     module = TensorOnlySegment(segment, io_spec, values).eval()
     tensors = tuple(values[i] for i in io_spec.tensor_inputs)
@@ -135,9 +137,27 @@ def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path:
                                         input_names=input_names(io_spec), verbose=False,
                                         optimize=True)
             program.save(str(path), external_data=False)
+        if precision == "fp16":
+            to_fp16(path)
     except Exception as exc:  # the exporter raises many types; name the segment and the op
         raise LoweringError(f"segment {segment.name!r} failed to export to ONNX: "
                             f"{_first_line(exc)}") from exc
+
+
+def to_fp16(path: Path) -> None:
+    """Rewrite the ONNX file at ``path`` to compute in float16, its inputs and outputs kept float32.
+
+    The precision lives in the graph, which is what TensorRT 11 requires (no FP16 builder
+    flag) and what ONNX Runtime runs as written.  Inputs and outputs stay float32, so the
+    runtime's cache, forecasts and verification keep their precision; the conversion is
+    onnxruntime's own (``onnxruntime.transformers.float16``), with its list of ops kept in
+    float32.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    onnx.save(model, str(path))
 
 
 def _first_line(exc: BaseException) -> str:

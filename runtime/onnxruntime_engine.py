@@ -97,7 +97,8 @@ class OnnxRuntimeEngine(Engine):
         io_spec = io_spec if io_spec is not None else analyze_segment(self.segment, inputs)
         key = key if key is not None else onnx_cache_key(self.segment, io_spec, inputs, self.options)
         before = len(self.cache.events)
-        path = self.cache.get_or_build(key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p))
+        path = self.cache.get_or_build(
+            key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p, self.options.precision))
         return path, io_spec, key, self.cache.events[before][0]
 
     def _build(self, inputs: Sequence) -> _Variant:

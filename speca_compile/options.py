@@ -21,7 +21,8 @@ ON_REJECT = ("recompute", "defer")
 ON_LOWERING_ERROR = ("raise", "eager")
 LOWERINGS = ("auto", "eager", "onnxruntime", "inductor", "tensorrt")
 PLANNED_LOWERINGS = ()
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16")
+HALF_PRECISION_LOWERINGS = ("onnxruntime", "tensorrt")   # fp16 is set in their ONNX graphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Options:
             )
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
+        check_precision(self)
         if self.on_lowering_error is not None:
             _check_choice("on_lowering_error", self.on_lowering_error, ON_LOWERING_ERROR)
         if self.timestep_input is not None:
@@ -121,6 +123,16 @@ class Options:
             _check_type("cache_dir", self.cache_dir, str)
         if self.progress is not None and not callable(self.progress):
             raise OptionsError(f"option 'progress' must be a callable taking one dict, got {self.progress!r}")
+
+
+def check_precision(options: "Options") -> None:
+    """Half precision is a property of the ONNX graphs; the eager and Inductor lowerings run
+    the model's own dtype (use ``model.half()`` there)."""
+    if options.precision != "fp32" and options.lowering not in HALF_PRECISION_LOWERINGS + ("auto",):
+        raise OptionsError(
+            f"option 'precision' {options.precision!r} needs lowering "
+            f"{' or '.join(map(repr, HALF_PRECISION_LOWERINGS))} (precision is set in their ONNX graphs); "
+            f"lowering {options.lowering!r} runs the model in its own dtype: convert the model instead")
 
 
 def valid_keys() -> tuple:

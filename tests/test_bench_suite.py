@@ -52,3 +52,16 @@ def test_speca_rows_for_each_forecaster_order_and_max_speculative():
     assert row.family == "speca[eager] foca order=2 max_spec=10"      # its own Pareto curve
     default = spec["speca[eager] tau0=0.1"].options
     assert (default["forecaster"], default["order"], default["max_speculative"]) == ("hermite", 1, 5)
+
+
+def test_the_bench_pins_glibc_malloc_thresholds():
+    """bench/allocator.py: on glibc the thresholds are set (and the report says so)."""
+    import platform
+
+    from speca_compile.bench.allocator import pin_malloc_thresholds
+    from speca_compile.bench.report import machine
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"not glibc ({platform.libc_ver()}): nothing to pin")
+    assert pin_malloc_thresholds() == "glibc mmap threshold 64 MiB, trim 256 MiB (pinned)"
+    assert machine()["malloc"].startswith("glibc mmap threshold")

@@ -44,3 +44,13 @@ def test_pipeline_example_runs_diffusers_flux_pipeline_with_speca(tmp_path):
     assert float(lines["PSNR vs the plain pipeline"].split()[0]) > 30
     assert lines["judge accuracy"].startswith("plain 100%")
     assert out.stat().st_size > 1000
+
+
+def test_engine_cache_times_reports_a_miss_then_a_hit():
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "engine_cache_times.py"), "--models", "dit_digits",
+                           "--batch", "2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| dit_digits"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "miss, miss, miss, miss" and cells[4] == "hit, hit, hit, hit"
+    assert float(cells[3]) < float(cells[1])    # loading from the cache is faster than exporting

@@ -102,3 +102,23 @@ def test_a_corrupt_cache_file_is_reported_and_rebuilt(tmp_path):
     events = [e["cache"] for e in engine_info(compiled)]
     assert events.count("corrupt") == 1 and events.count("hit") == len(events) - 1
     assert helpers.rel_err(out, helpers.trajectory(z, z.model, 2, 2)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["dit", "flux"])
+def test_fp16_engines_compute_in_half_precision_with_float32_inputs_and_outputs(name, engines_dir):
+    """precision='fp16': the ONNX graphs compute in float16 (initializers converted), their inputs
+    and outputs stay float32 (the cache and forecasts keep full precision); results are within
+    half-precision error of eager, not equal to the float32 engines'."""
+    import onnx
+
+    z = helpers.build(name)
+    eager = helpers.trajectory(z, z.model, 2, 10)
+    compiled = torch.compile(z.model, backend="speca", options=ort(engines_dir, speculate=False, precision="fp16"))
+    err = helpers.rel_err(helpers.trajectory(z, compiled, 2, 10), eager)
+    assert 1e-6 < err < 1e-2
+    for engine in engine_info(compiled):
+        graph = onnx.load(engine["file"]).graph
+        kinds = {i.data_type for i in graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in kinds, engine["segment"]
+        io = [v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)]
+        assert onnx.TensorProto.FLOAT16 not in io and onnx.TensorProto.FLOAT in io

@@ -67,12 +67,25 @@ def test_unknown_key_names_it_and_lists_valid_keys():
     ("forecaster", "magic", "'taylor', 'hermite', 'foca'"),
     ("speculate", 1, "must be bool"),
     ("lowering", "tvm", "valid: 'auto', 'eager', 'onnxruntime', 'inductor', 'tensorrt'"),
+    ("precision", "bf16", "'fp32', 'fp16'"),
 ])
 def test_bad_values_are_named(key, value, fragment):
     with pytest.raises(OptionsError) as err:
         Options.parse({key: value})
     assert repr(key) in str(err.value)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("lowering", ["eager", "inductor"])
+def test_half_precision_needs_an_onnx_lowering(lowering):
+    from speca_compile.runtime.engine import resolve_lowering
+
+    with pytest.raises(OptionsError, match=r"'precision' 'fp16' needs lowering 'onnxruntime' or 'tensorrt'"):
+        Options.parse({"precision": "fp16", "lowering": lowering})
+    half = Options.parse({"precision": "fp16"})      # auto: onnxruntime on the cpu ...
+    assert resolve_lowering(half, [torch.zeros(2)])[0].lowering == "onnxruntime"
+    with pytest.raises(OptionsError, match="'precision' 'fp16' needs lowering"):   # ... eager elsewhere
+        resolve_lowering(half, [torch.zeros(2, device="meta")])
 
 
 def test_min_above_max_is_rejected():

@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from speca_compile.bench.plot import forecaster_fronts_png, pareto_png
+from speca_compile.bench.allocator import pin_malloc_thresholds
 from speca_compile.bench.suite import BenchConfig, Row
 
 COLUMNS = ("model", "method", "s/image", "speedup", "full steps", "FLOPs", "verify FLOPs", "PSNR dB",
@@ -23,6 +24,9 @@ def machine() -> Dict[str, str]:
             "cpu": platform.processor() or platform.machine(), "threads": str(torch.get_num_threads())}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    malloc = pin_malloc_thresholds()   # idempotent; run_suite set it before timing
+    if malloc:
+        info["malloc"] = malloc
     return info
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from speca_compile import zoo
+from speca_compile.bench.allocator import pin_malloc_thresholds
 from speca_compile.bench import methods as methods_mod
 from speca_compile.bench.meter import OpMeter
 from speca_compile.bench.quality import image_psnr, psnr, relative_l2, ssim
@@ -81,6 +82,7 @@ def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = N
               on_methods: Optional[Callable[[int], None]] = None,
               on_rows: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
     """Every model in turn; ``on_rows`` sees the rows so far after each model (partial reports)."""
+    pin_malloc_thresholds()   # see bench/allocator.py: steady eager timings
     rows: List[Row] = []
     for name in config.models:
         rows.extend(bench_model(load_model(name), config, progress, on_methods))
