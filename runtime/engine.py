@@ -56,8 +56,7 @@ class EagerFallback(Engine):
             return self.engine.run(inputs)
         except LoweringError as exc:
             warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
-                          f"(on_lowering_error='eager', the default under lowering='auto'): {exc}",
-                          stacklevel=2)
+                          f"(on_lowering_error='eager'): {exc}", stacklevel=2)
             self.info = {**dict(self.engine.info), "segment": self.segment.name,
                          "fallback": f"eager ({exc})"}
             self.engine = EagerEngine(self.segment)
