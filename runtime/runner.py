@@ -52,6 +52,7 @@ class Runner:
         self.num_units = program.num_units
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
+        self.cache_cuts = cache_cuts(self.groups)   # the cuts a full step hands the cache
         self._leaves = _leaves(program.output)
         self._verify_unbuilt = self.speculating and program.stack is not None
         # a dispatch mode entered around every call (speca_compile.metered); None in production
@@ -136,7 +137,7 @@ class Runner:
         env = self._run_full(args, index if len(samples) < batch else None)
         if env.get("__rows__") is not None:
             env = _select_rows(env, self._row_names(), index)
-        cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in cache_cuts(self.groups)}
+        cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
         traj.cache.update(index, scaled[index], cuts)
         return index, env
 
@@ -187,7 +188,7 @@ class Runner:
         if v + 1 < self.num_units:
             env.update(zip(cuts[self.num_units], cache.predict("rest", work, t, forecast)))
         self._run_segment(env, self.program.epilogue)
-        used = {c: self._values(env, c) for c in cache_cuts(self.groups)}
+        used = {c: self._values(env, c) for c in self.cache_cuts}
         if rows is not None:
             env = _select_rows(env, self._row_names(), rows)
             errors = errors[rows]
