@@ -77,6 +77,11 @@ class FeatureCache:
         for name, group in self.groups.items():
             self.forecasters[name].update(index, times, self._feature(group, cuts))
 
+    def forget(self, index: torch.Tensor) -> None:
+        """Empty the window of samples ``index`` (restarted samples)."""
+        for forecaster in self.forecasters.values():
+            forecaster.forget(index)
+
     def observe(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
         """Record the state a speculative step used (for recursive forecasters such as FoCa)."""
         for name, group in self.groups.items():

@@ -66,8 +66,25 @@ class FoCaForecaster(TaylorForecaster):
         """Record the value a speculative step used (computed where verified)."""
         self._push(index, times, value)
 
+    def forget(self, index: torch.Tensor) -> None:
+        super().forget(index)
+        self.win_count[index] = 0
+
     def _push(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
+        """Add a point to the window; one at the newest point's timestep replaces it (two
+        points at one time would make the BDF2 span zero)."""
         value = tuple(v.detach() for v in value)
+        times = times.to(torch.float64)
+        same = (self.win_times[index, 0] == times) & (self.win_count[index] > 0)
+        if bool(same.any()):
+            if self.win is not None:
+                for s, v in enumerate(value):
+                    self.win[0][s][index[same]] = v[same.to(v.device)]
+            keep = ~same
+            index, times = index[keep], times[keep]
+            value = tuple(v[keep.to(v.device)] for v in value)
+            if not len(index):
+                return
         if self.win is None:
             self.win = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
                          for v in value] for _ in range(2)]
@@ -75,7 +92,7 @@ class FoCaForecaster(TaylorForecaster):
             self.win[1][s][index] = self.win[0][s][index]
             self.win[0][s][index] = v
         old = self.win_times[index]
-        self.win_times[index] = torch.stack([times.to(torch.float64), old[:, 0]], dim=1)
+        self.win_times[index] = torch.stack([times, old[:, 0]], dim=1)
         self.win_count[index] = torch.clamp(self.win_count[index] + 1, max=2)
 
     def anchor_slope_weights(self, index: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,13 @@ the order its history supports.
 
 Features are tuples of tensors (one per stream), batch first.  Samples are
 independent: updates and predictions take the sample indices they concern.
+
+Equal timesteps are allowed (Heun, KDPM2 and DPM-Solver singlestep call the
+model twice at one timestep: as a corrector, then for the next step).  A
+full step cached at the timestep of a sample's newest cached one *replaces*
+it: the later evaluation is the sampler's state at that time, and two points
+at one abscissa have no divided difference.  A forecast at a cached
+timestep returns the cached value.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ class Forecaster:
     def observe(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
         """The value a speculative step used; only recursive forecasters (FoCa) keep it."""
 
+    def forget(self, index: torch.Tensor) -> None:
+        """Drop the history of samples ``index`` (their trajectory restarted)."""
+        raise NotImplementedError
+
     def nbytes(self) -> int:
         raise NotImplementedError
 
@@ -60,10 +71,11 @@ class TaylorForecaster(Forecaster):
             self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
                            for v in value] for _ in range(self.terms)]
         times = times.to(torch.float64)
+        same = (self.times[index, 0] == times) & (self.count[index] > 0)
+        if bool(same.any()):
+            self._pop(index[same])
         old_times = self.times[index]
         count = self.count[index]
-        if bool(((old_times[:, 0] == times) & (count > 0)).any()):
-            raise ValueError("a full step was cached twice at the same timestep")
         new = [list(value)]
         for k in range(1, self.terms):
             gap = (times - old_times[:, k - 1])
@@ -80,6 +92,23 @@ class TaylorForecaster(Forecaster):
                 self.diffs[k][s][index] = new[k][s]
         self.times[index] = torch.cat([times[:, None], old_times[:, :-1]], dim=1)
         self.count[index] = torch.clamp(count + 1, max=self.terms)
+
+    def _pop(self, index: torch.Tensor) -> None:
+        """Remove the newest cached step of samples ``index``.  From the newest diagonal
+        D_k = f[t_n .. t_{n-k}] the previous one is E_k = D_k - D_{k+1} (t_n - t_{n-1-k})
+        (the divided-difference recursion solved for its older term), k < count - 1."""
+        hist = self.times[index]
+        for k in range(self.terms - 1):   # ascending: E_k needs D_k and D_{k+1} as they were
+            gap = hist[:, 0] - hist[:, k + 1]
+            for d_k, d_k1 in zip(self.diffs[k], self.diffs[k + 1]):
+                scale = _per_sample(gap.to(d_k.dtype), d_k).to(d_k.device)
+                d_k[index] = d_k[index] - d_k1[index] * scale
+        self.times[index] = torch.cat([hist[:, 1:], torch.zeros_like(hist[:, :1])], dim=1)
+        self.count[index] = self.count[index] - 1
+
+    def forget(self, index: torch.Tensor) -> None:
+        self.count[index] = 0
+        self.times[index] = 0.0
 
     def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Newton basis weights [len(index), terms]; zero beyond a sample's history."""

@@ -60,6 +60,13 @@ class SamplePolicy:
                 out.append(Decision.CHECK)
         return out
 
+    def restart(self, samples) -> None:
+        """Forget ``samples``' history: warmup again (their trajectory restarted)."""
+        for s in samples:
+            self.full_steps[s] = 0
+            self.since_full[s] = 0
+            self.force_full[s] = False
+
     def record(self, sample: int, outcome: Outcome) -> None:
         if outcome.computed_fully:
             self.full_steps[sample] += 1

@@ -1,37 +1,49 @@
 """The Runner: executes a SpeculativeProgram call by call across timesteps.
 
-Dynamo calls it with the graph's flat inputs.  Per call it finds the
-trajectory, asks the policy for each sample's decision, and runs
+Dynamo calls it with the graph's flat inputs.  Per call it
 
-* the full path (prologue, every block, epilogue) on the samples that need it,
-  caching their block features;
+1. reads the call's timesteps, latent and shapes (``call_inputs``),
+2. routes the call to its trajectory: the generation is named by the caller,
+   the pipeline call or the thread / task (``generation``), the trajectory
+   inside it by shapes, timesteps and latent continuity (``routing``),
+3. asks the policy for each sample's decision and groups the samples
+   (``step_plan``), and
+4. runs each group on a view of its rows (``batch_view``):
+
+* the full path (prologue, block stack, epilogue) on the samples that need
+  it, caching their block features;
 * the speculative path on the others: prologue, forecast of the state before
   the verify block, the verify block itself when a sample is due a check,
   forecast of the rest, epilogue;
 * the full path again on samples whose check failed (``on_reject="recompute"``).
 
-Each group of samples runs as a sub-batch of the inputs (so a sample's result
-does not depend on its batch companions), or, where the batched inputs could
-not be identified, as the whole batch with the rows selected afterwards.
+Calls from several threads are safe: routing happens under the runner's lock,
+a trajectory runs one step at a time under its own, and engines build once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from speca_compile.options import Options
 from speca_compile.passes.partition import SpeculativeProgram, ValueRef
+from speca_compile.runtime import generation as generations
+from speca_compile.runtime.batch_view import BatchView, Env, merge, take_rows
+from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
-from speca_compile.runtime.policy import Decision, Outcome
+from speca_compile.runtime.policy import Outcome
+from speca_compile.runtime.routing import Router
+from speca_compile.runtime.step_plan import StepPlan
 from speca_compile.runtime.threshold import threshold
-from speca_compile.runtime.trajectory import StepRecord, Trajectory, TrajectoryTracker
+from speca_compile.runtime.trajectory import StepRecord, Trajectory
 from speca_compile.runtime.verify import relative_error
 
-Env = Dict[str, object]
+MAX_UNPLACED = 16   # calls that ran full because their timesteps could not be placed, kept for stats
 
 
 class Runner:
@@ -47,14 +59,20 @@ class Runner:
         self.timestep_index = timestep_index
         self.reason = reason
         self.notes = tuple(notes)
-        self.tracker = TrajectoryTracker()
+        self.inputs = CallInputs(program, batch_inputs, timestep_index)
+        self.router = Router()
         self.calls = 0
+        self.unplaced: List[Dict] = []
+        self.unplaced_count = 0
         self.num_units = program.num_units
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
         self.cache_cuts = cache_cuts(self.groups)   # the cuts a full step hands the cache
         self._leaves = _leaves(program.output)
+        # names a view cuts to its rows when the engines computed every row
+        self._row_names = sorted({n for c in self.cache_cuts for n in program.cuts[c]} | set(self._leaves))
         self._verify_unbuilt = self.speculating and program.stack is not None
+        self._build_lock = threading.Lock()
         # a dispatch mode entered around every call (speca_compile.metered); None in production
         self.meter = None
         self.graph_inputs = ()   # where each placeholder comes from (set by the backend; for export)
@@ -71,19 +89,39 @@ class Runner:
             return self._call(args)
 
     def _call(self, args):
-        self.calls += 1
-        times = self._timesteps(args) if self.timestep_index is not None else None
+        with self.router.lock:
+            self.calls += 1
+            number = self.calls
+        times, problem = self.inputs.timesteps(args)
         if times is None:
-            return self._structure(self._run_full(args, None))
+            if problem is not None:
+                self._unplaced(number, problem)
+            return self._structure(self._run_full(self._view(args, None)))
         batch = len(times)
-        traj = self.tracker.route(times[0], self._signature(args),
-                                  lambda n: Trajectory(n, self._signature(args), batch, times[0],
-                                                       self.options, self.groups))
-        if not self.speculating:
-            env = self._run_full(args, None)
-            self._log(traj, StepRecord(times[0], None, [Outcome.FULL] * batch, [None] * batch))
-            return self._structure(env)
-        return self._step(args, traj, torch.tensor(times, dtype=torch.float64))
+        generation = generations.current(self.options.generation_key)
+        signature = self.inputs.signature(args)
+        with self.router.lock:
+            traj = self.router.route(generation, times[0], signature, self.inputs.latent(args, batch),
+                                     lambda n: Trajectory(n, signature, batch, times[0], self.options,
+                                                          self.groups))
+        with traj.lock:
+            if not self.speculating:
+                env = self._run_full(self._view(args, None))
+                self._log(traj, StepRecord(times[0], None, [Outcome.FULL] * batch, [None] * batch))
+                return self._structure(env)
+            return self._step(args, traj, torch.tensor(times, dtype=torch.float64))
+
+    def _unplaced(self, number: int, problem: str) -> None:
+        with self.router.lock:
+            self.unplaced_count += 1
+            self.unplaced.append({"call": number, "reason": problem + "; the call ran the full path"})
+            del self.unplaced[:-MAX_UNPLACED]
+
+    def _view(self, args, rows: Optional[Sequence[int]], batch: Optional[int] = None) -> BatchView:
+        if rows is None:
+            batch = self.inputs.batch_size(args) or 1
+            rows = range(batch)
+        return BatchView(self.program.placeholders, self.batch_inputs, args, rows, batch)
 
     def _log(self, traj: Trajectory, record: StepRecord) -> None:
         traj.log(record)
@@ -93,82 +131,63 @@ class Runner:
     def _step(self, args, traj: Trajectory, times: torch.Tensor):
         batch = len(times)
         scaled = times / traj.t_scale
-        tau = threshold(self.options.tau0, self.options.beta, float(times[0]), traj.t_first)
-        decisions = traj.policy.decide()
-        outcomes: List[Optional[Outcome]] = [None] * batch
-        errors: List[Optional[float]] = [None] * batch
-        pieces: List[Tuple[torch.Tensor, Env]] = []
-
-        full = [s for s, d in enumerate(decisions) if d is Decision.FULL]
-        spec = [s for s, d in enumerate(decisions) if d is not Decision.FULL]
-        if spec:
-            checked = [decisions[s] is Decision.CHECK for s in spec]
-            index, env, err, used = self._speculate(args, traj, spec, checked, batch, scaled)
-            pieces.append((index, env))
-            for j, s in enumerate(spec):
-                outcomes[s] = Outcome.SPEC
-                if checked[j]:
-                    errors[s] = float(err[j])
-                    outcomes[s] = self._judge(errors[s], tau)
-            if traj.cache.recursive:
-                kept = torch.tensor([j for j, s in enumerate(spec) if outcomes[s] is not Outcome.REJECTED],
-                                    dtype=torch.long)
-                if len(kept):
-                    traj.cache.observe(index[kept], scaled[index[kept]],
-                                       {c: tuple(_take_rows(v, kept) for v in values)
-                                        for c, values in used.items()})
+        plan = StepPlan(traj.policy.decide(),
+                        threshold(self.options.tau0, self.options.beta, float(times[0]), traj.t_first),
+                        self.options.on_reject)
+        pieces: List[Tuple[BatchView, Env]] = []
+        errors: Sequence[float] = ()
+        if plan.speculative:
+            view = self._view(args, plan.speculative, batch)
+            env, errors, used = self._speculate(view, traj, plan.checked, scaled)
+            pieces.append((view, env))
+        plan.judge(errors)
+        if plan.speculative and traj.cache.recursive:
+            kept = torch.tensor(plan.kept(), dtype=torch.long)
+            if len(kept):
+                index = view.rows[kept]
+                traj.cache.observe(index, scaled[index],
+                                   {c: tuple(take_rows(v, kept) for v in values) for c, values in used.items()})
         # samples due a full step and rejected ones share one full run
-        recompute = sorted(full + [s for s in spec if outcomes[s] is Outcome.REJECTED])
+        recompute = plan.recompute()
         if recompute:
-            pieces.append(self._full_and_cache(args, traj, recompute, batch, scaled))
-        for s in full:
-            outcomes[s] = Outcome.FULL
-        self._log(traj, StepRecord(float(times[0]), tau, outcomes, errors))
-        return self._merge(pieces, batch)
-
-    def _judge(self, error: float, tau: float) -> Outcome:
-        if error <= tau:
-            return Outcome.ACCEPTED
-        return Outcome.REJECTED if self.options.on_reject == "recompute" else Outcome.DEFERRED
+            pieces.append(self._full_and_cache(self._view(args, recompute, batch), traj, scaled))
+        self._log(traj, StepRecord(float(times[0]), plan.tau, plan.outcomes, plan.errors))
+        return self._structure(merge(pieces, self._leaves, batch))
 
     # ------------------------------------------------------------- full path
-    def _full_and_cache(self, args, traj, samples, batch, scaled):
-        index = torch.tensor(samples, dtype=torch.long)
-        env = self._run_full(args, index if len(samples) < batch else None)
-        if env.get("__rows__") is not None:
-            env = _select_rows(env, self._row_names(), index)
+    def _full_and_cache(self, view: BatchView, traj, scaled) -> Tuple[BatchView, Env]:
+        env = view.select_env(self._run_full(view), self._row_names)
         cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
-        traj.cache.update(index, scaled[index], cuts)
-        return index, env
+        traj.cache.update(view.rows, scaled[view.rows], cuts)
+        return view, env
 
-    def _run_full(self, args, index: Optional[torch.Tensor]) -> Env:
-        env = self._bind(args, index)
+    def _run_full(self, view: BatchView) -> Env:
+        env = view.bind()
         for segment in self.program.full_path:
             self._run_segment(env, segment)
         if self._verify_unbuilt:
-            # full steps run the fused stack, so build the verify block's engine now, from this
-            # step's state: every engine's build cost falls on the first call, not on a later step
-            self._verify_unbuilt = False
+            self._build_verify_block(env)
+        return env
+
+    def _build_verify_block(self, env: Env) -> None:
+        """Full steps run the fused stack, so build the verify block's engine now, from this
+        step's state: every engine's build cost falls on the first call, not on a later step."""
+        with self._build_lock:
+            if not self._verify_unbuilt:
+                return
             verify = self.program.units[self.verify_unit]
             if not self.engines[verify.name].built():
                 self._run_segment(dict(env), verify)
-        return env
+            self._verify_unbuilt = False
 
     # ------------------------------------------------------ speculative path
-    def _speculate(self, args, traj, samples, checked, batch, scaled):
-        """Forecast (and check) ``samples``; returns (index, env, errors per sample, and the
+    def _speculate(self, view: BatchView, traj, checked: Sequence[bool], scaled):
+        """Forecast (and check) the view's samples; returns (env, error per sample, and the
         state used at each cut, one row per sample: what a recursive forecaster records)."""
-        index = torch.tensor(samples, dtype=torch.long)
-        whole = len(samples) == batch
-        env = self._bind(args, None if whole else index)
-        if env.get("__rows__") is not None:  # inputs not sliceable: run every row
-            work, rows = torch.arange(batch), index
-            check = torch.zeros(batch, dtype=torch.bool)
-            check[index] = torch.tensor(checked)
-        else:
-            work, rows = index, None
-            check = torch.tensor(checked, dtype=torch.bool)
+        env = view.bind()
+        check = view.spread(checked)
         cache, cuts, v = traj.cache, self.program.cuts, self.verify_unit
+        work = view.work
         t = scaled[work]
 
         self._run_segment(env, self.program.prologue)
@@ -188,12 +207,8 @@ class Runner:
         if v + 1 < self.num_units:
             env.update(zip(cuts[self.num_units], cache.predict("rest", work, t, forecast)))
         self._run_segment(env, self.program.epilogue)
-        used = {c: self._values(env, c) for c in self.cache_cuts}
-        if rows is not None:
-            env = _select_rows(env, self._row_names(), rows)
-            errors = errors[rows]
-            used = {c: tuple(_take_rows(x, rows) for x in values) for c, values in used.items()}
-        return index, env, errors, used
+        used = {c: tuple(view.select(x) for x in self._values(env, c)) for c in self.cache_cuts}
+        return view.select_env(env, self._row_names), view.select(errors), used
 
     # --------------------------------------------------------------- helpers
     def _section(self, name: str):
@@ -206,67 +221,15 @@ class Runner:
     def _values(self, env: Env, cut: int) -> Tuple[torch.Tensor, ...]:
         return tuple(env[n] for n in self.program.cuts[cut])
 
-    def _bind(self, args, index: Optional[torch.Tensor]) -> Env:
-        env: Env = dict(zip(self.program.placeholders, args))
-        env["__rows__"] = None
-        if index is None:
-            return env
-        if self.batch_inputs is None:
-            env["__rows__"] = index  # cannot slice: caller selects rows afterwards
-            return env
-        for i in self.batch_inputs:
-            name, value = self.program.placeholders[i], args[i]
-            if isinstance(value, torch.Tensor):
-                env[name] = value.index_select(0, index.to(value.device))
-            else:
-                env[name] = len(index)
-        return env
-
-    def _row_names(self) -> List[str]:
-        names = {n for g in self.groups for c in (g.base, g.target) for n in self.program.cuts[c]}
-        return sorted(names | set(self._leaves))
-
-    def _merge(self, pieces: List[Tuple[torch.Tensor, Env]], batch: int):
-        if len(pieces) == 1 and len(pieces[0][0]) == batch:
-            return self._structure(pieces[0][1])
-        merged: Env = {}
-        for name in self._leaves:
-            for index, env in pieces:
-                value = env[name]
-                if name not in merged:
-                    merged[name] = value.new_empty((batch,) + tuple(value.shape[1:]))
-                merged[name].index_copy_(0, index.to(value.device), value)
-        return self._structure(merged)
-
     def _structure(self, env: Env):
         return _map_refs(self.program.output, lambda ref: env[ref.name])
 
-    def _timesteps(self, args) -> Optional[List[float]]:
-        value = args[self.timestep_index]
-        flat = ([float(v) for v in value.detach().reshape(-1).double().cpu().tolist()]
-                if isinstance(value, torch.Tensor) else [float(value)])
-        batch = self._batch_size(args)
-        if len(flat) == 1 and batch is not None:
-            return flat * batch
-        if batch is None or len(flat) == batch:
-            return flat
-        return None
-
-    def _batch_size(self, args) -> Optional[int]:
-        for i in self.batch_inputs or ():
-            if isinstance(args[i], torch.Tensor):
-                return int(args[i].shape[0])
-        size = self.program.batch_size
-        return int(size) if isinstance(size, int) else None
-
-    def _signature(self, args) -> Tuple:
-        return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a
-                     for name, a in zip(self.program.placeholders, args)
-                     if name in self.program.user_inputs and not isinstance(a, float))
-
     # ----------------------------------------------------------------- stats
     def stats(self) -> Dict:
-        trajectories = [tr.summary() for tr in self.tracker.all()]
+        with self.router.lock:
+            trajectories = [tr.summary() for tr in self.router.all()]
+            unplaced = {"count": self.unplaced_count, "latest": list(self.unplaced)}
+            evicted = self.router.evicted
         return {
             "speculation": self.speculating,
             "reason": self.reason,
@@ -274,36 +237,24 @@ class Runner:
             "verify_block": self.verify_unit,
             "lowering": self.options.lowering,
             "calls": self.calls,
-            "notes": list(self.notes),
+            "notes": list(self.notes) + ([] if self.inputs.latent_index is not None else [
+                "no latent input found: trajectories are told apart by generation, shapes and "
+                "timesteps only"]),
             # engines built so far (the per-block ones are built only for the blocks run alone)
             "engines": [dict(e.info) for e in self.engines.values() if e.info and e.built()],
             "trajectories": trajectories,
+            # calls whose timesteps could not be matched to their batch (they ran full)
+            "unplaced_calls": unplaced,
+            "evicted_trajectories": evicted,
         }
 
     def reset(self) -> None:
-        self.tracker.reset()
+        with self.router.lock:
+            self.router.reset()
 
 
 def _rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(like.device).reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-def _select_rows(env: Env, names: Sequence[str], rows: torch.Tensor) -> Env:
-    """``env`` with the batched values cut to ``rows``.  A value with one row in a larger
-    batch is shared by every sample (a prompt embedding broadcast over the images) and
-    stays as it is."""
-    out = dict(env)
-    for name in names:
-        out[name] = _take_rows(env[name], rows)
-    out["__rows__"] = None
-    return out
-
-
-def _take_rows(value, rows: torch.Tensor):
-    """``value``'s rows ``rows``; a one-row tensor (shared by the batch) or a non-tensor as it is."""
-    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != 1:
-        return value.index_select(0, rows.to(value.device))
-    return value
 
 
 def _map_refs(tree, fn):

@@ -1,29 +1,21 @@
-"""Trajectories: the state of one denoising run, and how calls are routed to them.
+"""Trajectories: the state of one denoising run of a batch (which calls continue it:
+``runtime/routing.py``).
 
-A call continues the oldest active trajectory with the same input shapes
-whose last timestep is strictly larger than the call's; otherwise it starts a
-new one, and every active trajectory whose last timestep is below the call's
-(the timestep went back up: a new generation) is finished.  So two calls at
-the same timestep in one denoising step (CFG branches run separately) get two
-trajectories, and a new generation never inherits the last one's cache.
+A trajectory holds, for every sample of its batch, the policy counters and the
+feature cache window, plus the per-step log that ``stats`` reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from typing import Dict, List, Optional, Tuple
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from speca_compile.options import Options
 from speca_compile.runtime.feature_cache import FeatureCache, FeatureGroup
 from speca_compile.runtime.policy import Outcome, SamplePolicy
-
-MAX_ACTIVE = 8
-MAX_FINISHED = 16
-
-# Generation ids are global (across graphs and models) so that "the latest generation"
-# is well defined when a shape change moves a model's calls to a new graph.
-_GENERATIONS = itertools.count(1)
 
 
 @dataclasses.dataclass
@@ -40,7 +32,8 @@ class Trajectory:
     def __init__(self, number: int, signature: Tuple, batch_size: int, t_first: float,
                  options: Options, groups: Tuple[FeatureGroup, ...]):
         self.number = number
-        self.generation = 0     # set by the tracker
+        self.generation = 0     # set by the router
+        self.scope = None       # who named the generation: explicit, pipeline, thread, task
         self.signature = signature
         self.batch_size = batch_size
         self.t_first = t_first
@@ -52,6 +45,16 @@ class Trajectory:
                                   options.hermite_sigma)
         self.steps: List[StepRecord] = []
         self.peak_cache_bytes = 0
+        self.last_latent: Optional[torch.Tensor] = None   # for the router's continuation test
+        self.restarts: List[Tuple[int, Tuple[int, ...]]] = []   # (step, samples) restarted
+        self.lock = threading.Lock()   # one step at a time, whoever calls
+
+    def restart(self, samples: Sequence[int]) -> None:
+        """Start ``samples`` afresh: their latent is not the continuation of their last call."""
+        self.policy.restart(samples)
+        if self.cache is not None:
+            self.cache.forget(torch.tensor(list(samples), dtype=torch.long))
+        self.restarts.append((len(self.steps), tuple(samples)))
 
     def log(self, record: StepRecord) -> None:
         self.steps.append(record)
@@ -88,46 +91,7 @@ class Trajectory:
             "timesteps": [step.timestep for step in self.steps],
             "thresholds": [step.tau for step in self.steps],
             "cache_bytes": self.peak_cache_bytes,
+            "scope": self.scope,
+            # samples whose latent jumped (not the continuation of their last call): warmup again
+            "restarted": [{"step": step, "samples": list(samples)} for step, samples in self.restarts],
         }
-
-
-class TrajectoryTracker:
-    """Routes calls to trajectories; owns the active and recently finished ones.
-
-    A trajectory that starts while no other is active opens a new generation
-    (one pipeline call); the CFG branch started beside an active one joins its
-    generation.
-    """
-
-    def __init__(self):
-        self.active: List[Trajectory] = []
-        self.finished: List[Trajectory] = []
-        self.count = 0
-
-    def route(self, t: float, signature: Tuple, make) -> Trajectory:
-        """The trajectory a call at timestep ``t`` belongs to (``make(number)`` builds a new one)."""
-        for traj in self.active:
-            if traj.signature == signature and traj.last_t is not None and traj.last_t > t:
-                return traj
-        for traj in [tr for tr in self.active if tr.last_t is None or tr.last_t < t]:
-            self._finish(traj)
-        self.count += 1
-        traj = make(self.count)
-        traj.generation = self.active[-1].generation if self.active else next(_GENERATIONS)
-        self.active.append(traj)
-        while len(self.active) > MAX_ACTIVE:
-            self._finish(self.active[0])
-        return traj
-
-    def reset(self) -> None:
-        for traj in list(self.active):
-            self._finish(traj)
-
-    def _finish(self, traj: Trajectory) -> None:
-        self.active.remove(traj)
-        self.finished.append(traj)
-        del self.finished[:-MAX_FINISHED]
-        traj.cache = None  # free the cached features; the log stays
-
-    def all(self) -> List[Trajectory]:
-        return sorted(self.finished + self.active, key=lambda tr: tr.number)

@@ -3,14 +3,14 @@
 ``torch.compile(model, backend="speca", options={...})`` works after
 ``pip install`` without importing this package (entry point
 ``torch_dynamo_backends``).  This module adds the runtime controls
-(``stats``, ``reset``), the diffusers drop-in (``apply``, ``remove``) and
-engine bundles (``export``, ``load``).
+(``stats``, ``reset``, ``generation``), the diffusers drop-in (``apply``,
+``remove``) and engine bundles (``export``, ``load``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+from typing import Dict, Hashable, Iterator, Optional
 
 from speca_compile.bundle.export import export
 from speca_compile.bundle.load import load
@@ -18,10 +18,51 @@ from speca_compile.errors import BundleError, GraphAnalysisError, OptionsError, 
 from speca_compile.options import Options, valid_keys
 from speca_compile.pipeline import apply, model_of, remove
 from speca_compile.registry import runners_for
+from speca_compile.runtime import generation as _generation
+from speca_compile.runtime.generation import Generation
 
 __version__ = "0.1.0"
 __all__ = ["apply", "remove", "export", "load", "BundleError", "stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
-           "GraphAnalysisError", "__version__"]
+           "GraphAnalysisError", "generation", "new_generation", "end_generation", "Generation", "__version__"]
+
+
+def new_generation(label: Hashable = None) -> Generation:
+    """A generation to scope calls with later (``with speca_compile.generation(g):``), e.g.
+    one per request of a server that interleaves requests.  Its state lives until
+    ``end_generation(g)`` or until nothing refers to ``g`` any more."""
+    return Generation("explicit", label=label)
+
+
+def end_generation(generation: Generation) -> None:
+    """Free ``generation``'s state in every compiled model (at each model's next call)."""
+    if not isinstance(generation, Generation):
+        raise TypeError(f"end_generation takes a speca Generation, got {type(generation).__name__}")
+    generation.ended = True
+
+
+@contextlib.contextmanager
+def generation(resume: Optional[Generation] = None, label: Hashable = None) -> Iterator[Generation]:
+    """Scope every speca call made inside the block (in this thread or asyncio task) to one
+    generation: one image or batch being denoised, whatever its sampler does with the timesteps.
+
+    ``with speca_compile.generation():`` opens a new generation and ends it with the
+    block.  ``with speca_compile.generation(g):`` resumes ``g`` (from ``new_generation``)
+    and leaves it open.  Without any scope each thread and asyncio task has its own, and a
+    diffusers pipeline compiled by ``apply`` makes each of its calls one generation.
+    """
+    if resume is not None and not isinstance(resume, Generation):
+        raise TypeError(f"speca_compile.generation(resume=...) takes a speca Generation from "
+                        f"new_generation(), got {type(resume).__name__}")
+    if resume is not None and resume.ended:
+        raise SpecaError(f"{resume!r} was ended; open a new generation")
+    scope = resume if resume is not None else new_generation(label)
+    token = _generation.enter(scope)
+    try:
+        yield scope
+    finally:
+        _generation.leave(token)
+        if resume is None:
+            scope.ended = True
 
 
 def stats(model) -> Dict:
@@ -43,6 +84,7 @@ def stats(model) -> Dict:
     per_graph = [r.stats() for r in runners]
     last = per_graph[-1]
     trajectories = [t for g in per_graph for t in g["trajectories"]]
+    unplaced = [u for g in per_graph for u in g["unplaced_calls"]["latest"]]
     return {
         "graphs": len(runners),
         "speculation": last["speculation"],
@@ -53,6 +95,8 @@ def stats(model) -> Dict:
         "calls": sum(g["calls"] for g in per_graph),
         "trajectories": trajectories,
         "last_call": _last_call(trajectories),
+        # calls whose timesteps matched no batch: run full, each with its reason
+        "unplaced_calls": {"count": sum(g["unplaced_calls"]["count"] for g in per_graph), "latest": unplaced},
         "per_graph": per_graph,
     }
 

@@ -61,6 +61,10 @@ class Options:
     # called after every denoising step with a dict of that step's figures
     # (generation, trajectory, step, timestep, decisions, full, sample_steps)
     progress: Optional[Callable[[dict], None]] = None
+    # names the generation each call belongs to: a callable returning a speca Generation
+    # (or None: the thread's / task's own scope).  ``speca_compile.apply`` sets it to the
+    # pipeline's, so each pipeline call is one generation; see runtime/generation.py
+    generation_key: Optional[Callable[[], object]] = None
 
     @classmethod
     def parse(cls, options: Optional[Mapping[str, Any]]) -> "Options":
@@ -85,8 +89,10 @@ class Options:
         return result
 
     def replace(self, **changes: Any) -> "Options":
-        """A validated copy with some fields changed."""
-        return Options.parse({**dataclasses.asdict(self), **changes})
+        """A validated copy with some fields changed.  Fields are taken by reference
+        (``dataclasses.asdict`` would deep-copy a callback and everything it holds)."""
+        return Options.parse({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                              **changes})
 
     def validate(self) -> None:
         """Raise ``OptionsError`` naming the first invalid value."""
@@ -123,6 +129,9 @@ class Options:
             _check_type("cache_dir", self.cache_dir, str)
         if self.progress is not None and not callable(self.progress):
             raise OptionsError(f"option 'progress' must be a callable taking one dict, got {self.progress!r}")
+        if self.generation_key is not None and not callable(self.generation_key):
+            raise OptionsError(f"option 'generation_key' must be a callable returning a generation or None, "
+                               f"got {self.generation_key!r}")
 
 
 def check_precision(options: "Options") -> None:

@@ -4,10 +4,13 @@
 ``pipe.transformer = torch.compile(pipe.transformer, backend="speca", options=options)``,
 after checking the options, and remembers the original module so that
 ``remove`` can put it back.  Nothing else in the pipeline is touched: no
-hooks, no patched methods.  Every pipeline call is a new generation for the
-runtime (the timestep goes back up), so repeated calls need no reset, and a
-change of batch size, resolution or step count is a new input shape or a new
-trajectory, never stale cache.
+hooks, no patched methods.  Each pipeline call is one generation for the
+runtime: the compiled model's ``generation_key`` option names it by the
+schedule the call set (``pipe.scheduler.timesteps``, read, never modified;
+runtime/generation.py), so repeated calls need no reset, an interrupted call
+is never continued by the next one (an img2img pass at a lower timestep
+included), and a change of batch size, resolution or step count is a new
+input shape or a new trajectory, never stale cache.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from speca_compile.errors import SpecaError
 from speca_compile.options import Options
 from speca_compile.registry import runners_for
+from speca_compile.runtime.generation import PipelineGenerations
 
 # compiled wrapper -> the module it wraps, for ``remove``; weak so a dropped pipeline frees both
 _APPLIED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
@@ -40,7 +44,10 @@ def apply(pipe, dynamic: Optional[bool] = True, **options):
     if transformer in _APPLIED:
         raise SpecaError("speca_compile.apply: this pipeline's transformer is already compiled by speca; "
                          "call speca_compile.remove(pipe) first to change options")
-    parsed = Options.parse(options)
+    if "generation_key" in options:
+        raise SpecaError("speca_compile.apply sets 'generation_key' itself (one generation per pipeline "
+                         "call); use speca_compile.generation() to scope calls yourself")
+    parsed = Options.parse({**options, "generation_key": PipelineGenerations(pipe)})
     compiled = torch.compile(transformer, backend="speca", options=parsed, dynamic=dynamic)
     _APPLIED[compiled] = transformer
     pipe.transformer = compiled

@@ -63,12 +63,40 @@ def test_per_sample_updates_are_independent():
     assert torch.equal(f.predict(torch.tensor([1]), q)[0], alone.predict(torch.tensor([0]), q)[0])
 
 
-def test_same_timestep_twice_is_refused():
-    f = TaylorForecaster(2, 1)
+@pytest.mark.parametrize("kind", ["taylor", "hermite", "foca"])
+def test_a_full_step_at_a_cached_timestep_replaces_it(kind):
+    """Heun-type samplers evaluate one timestep twice (corrector, then next step): the later
+    value replaces the earlier one, so the forecaster equals one that only saw the later value
+    (no division by zero, no error)."""
+    from speca_compile.runtime.forecaster import make_forecaster
+
+    curve = lambda t: torch.tensor([[1 + 2 * t + 3 * t * t, -t]], dtype=torch.float64)
     idx = torch.arange(1)
-    f.update(idx, torch.tensor([0.5]), (torch.zeros(1, 2),))
-    with pytest.raises(ValueError, match="same timestep"):
-        f.update(idx, torch.tensor([0.5]), (torch.zeros(1, 2),))
+    twice, once = make_forecaster(kind, 2, 1), make_forecaster(kind, 2, 1)
+    for t in (0.9, 0.7, 0.5):
+        if t == 0.5:
+            twice.update(idx, torch.tensor([t], dtype=torch.float64), (curve(t) + 5.0,))
+        for f in (twice, once):
+            f.update(idx, torch.tensor([t], dtype=torch.float64), (curve(t),))
+    q = torch.tensor([0.3], dtype=torch.float64)
+    assert torch.allclose(twice.predict(idx, q)[0], once.predict(idx, q)[0], rtol=0, atol=1e-12)
+    assert twice.count.tolist() == once.count.tolist() == [3]
+    if kind == "taylor":   # exact on a quadratic at order 2, as if the first value never was
+        assert torch.allclose(twice.predict(idx, q)[0], curve(0.3), atol=1e-12)
+    # a forecast at the cached timestep itself is the cached value (not for Hermite, whose
+    # scaled basis is nonzero at the anchor beyond degree 1: H_2(0) = -2, by design)
+    if kind != "hermite":
+        assert torch.allclose(once.predict(idx, torch.tensor([0.5], dtype=torch.float64))[0], curve(0.5), atol=1e-12)
+
+
+def test_forget_restarts_a_sample_alone():
+    f = TaylorForecaster(1, 2)
+    f.update(torch.arange(2), torch.tensor([0.9, 0.9], dtype=torch.float64), (torch.ones(2, 3),))
+    f.forget(torch.tensor([1]))
+    assert f.count.tolist() == [1, 0]
+    with pytest.raises(RuntimeError, match="no cached full step"):
+        f.predict(torch.tensor([1]), torch.tensor([0.5], dtype=torch.float64))
+    assert torch.equal(f.predict(torch.tensor([0]), torch.tensor([0.5], dtype=torch.float64))[0], torch.ones(1, 3))
 
 
 def test_feature_groups_cover_the_stack_around_the_verify_block():

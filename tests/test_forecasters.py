@@ -206,7 +206,7 @@ def test_runner_gives_foca_every_step_it_used():
     compiled = torch.compile(z.model, backend="speca", options={"forecaster": "foca"})
     helpers.trajectory(z, compiled, batch=3, steps=20, seed=2)
     runner = speca_compile.registry.runners_for(compiled)[0]
-    traj = runner.tracker.all()[-1]
+    traj = runner.router.all()[-1]
     decisions = speca_compile.stats(compiled)["trajectories"][-1]["decisions"]
     assert any(set(d) & {"S", "A"} for d in decisions)
     last = traj.steps[-1].timestep / traj.t_scale

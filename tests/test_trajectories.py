@@ -96,8 +96,8 @@ def test_timestep_going_up_starts_a_new_trajectory_and_frees_the_cache():
         for t in (900.0, 800.0, 700.0, 900.0):
             z.call(compiled, helpers.noise_for(z, 2, 0), t, z.make_inputs(2, 0))
     runner = speca_compile.registry.runners_for(compiled)[0]
-    assert [t.number for t in runner.tracker.finished] == [1]
-    assert runner.tracker.finished[0].cache is None
+    assert [t.number for t in runner.router.finished] == [1]
+    assert runner.router.finished[0].cache is None
     assert [t["steps"] for t in speca_compile.stats(compiled)["trajectories"]] == [3, 1]
     assert speca_compile.stats(compiled)["trajectories"][0]["cache_bytes"] > 0
 

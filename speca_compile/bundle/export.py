@@ -33,7 +33,7 @@ from speca_compile.runtime.engine_cache import file_digest
 
 MANIFEST = "manifest.json"
 EXAMPLE_INPUTS = "example_inputs.pt"
-_NOT_OPTIONS = ("lowering", "cache_dir", "progress", "on_lowering_error")
+_NOT_OPTIONS = ("lowering", "cache_dir", "progress", "on_lowering_error", "generation_key")
 
 
 def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Mapping[str, Any]] = None,

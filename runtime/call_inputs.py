@@ -1,0 +1,91 @@
+"""What the runtime reads from one call's flat inputs: timesteps, batch size, latent, shapes.
+
+Each reader says why when it cannot answer (a timestep array whose length
+matches no batch, a timestep that is not a number), so the runner can report
+the call in ``stats`` instead of guessing.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from speca_compile.passes.partition import SpeculativeProgram
+from speca_compile.passes.timestep_input import argument_name
+
+# diffusers and the original DiT code name the noisy latent so; first match wins
+LATENT_NAMES = ("hidden_states", "sample", "latents", "latent", "x", "img", "z", "noisy_latents")
+
+
+def find_latent_input(program: SpeculativeProgram, batch_inputs: Optional[Sequence[int]],
+                      timestep_index: Optional[int]) -> Optional[int]:
+    """The placeholder index of the noisy latent (what a sampler updates between calls):
+    a user input named like one, else the first batched floating-point user input."""
+    user = [i for i, name in enumerate(program.placeholders)
+            if name in program.user_inputs and i != timestep_index]
+    by_name = {argument_name(program.placeholders[i]): i for i in user}
+    for name in LATENT_NAMES:
+        if name in by_name:
+            return by_name[name]
+    for i in batch_inputs or ():
+        if i in user:
+            return i
+    return None
+
+
+class CallInputs:
+    """Reads a call's inputs for the runtime, by placeholder index."""
+
+    def __init__(self, program: SpeculativeProgram, batch_inputs: Optional[Tuple[int, ...]],
+                 timestep_index: Optional[int]):
+        self.program = program
+        self.batch_inputs = batch_inputs
+        self.timestep_index = timestep_index
+        self.latent_index = find_latent_input(program, batch_inputs, timestep_index)
+
+    def timesteps(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
+        """(one timestep per sample, None) or (None, why not); (None, None) when the
+        graph has no timestep input at all (speculation is off with its own reason)."""
+        if self.timestep_index is None:
+            return None, None
+        value = args[self.timestep_index]
+        if isinstance(value, torch.Tensor):
+            flat = [float(v) for v in value.detach().reshape(-1).double().cpu().tolist()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat = [float(value)]
+        else:
+            return None, f"timestep input is a {type(value).__name__}, not a number or tensor"
+        batch = self.batch_size(args)
+        if len(flat) == 1 and batch is not None:
+            return flat * batch, None
+        if batch is None or len(flat) == batch:
+            return flat, None
+        return None, (f"timestep input has {len(flat)} values for a batch of {batch}: "
+                      f"cannot tell which sample is at which timestep")
+
+    def batch_size(self, args) -> Optional[int]:
+        for i in self.batch_inputs or ():
+            if isinstance(args[i], torch.Tensor):
+                return int(args[i].shape[0])
+        size = self.program.batch_size
+        return int(size) if isinstance(size, int) else None
+
+    def latent(self, args, batch: int) -> Optional[torch.Tensor]:
+        """The call's noisy latent, one row per sample, or None if there is none to compare."""
+        if self.latent_index is None:
+            return None
+        value = args[self.latent_index]
+        if (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1
+                and value.shape[0] == batch):
+            return value
+        return None
+
+    def signature(self, args) -> Tuple:
+        """The input shapes (and symbolic sizes) that must match for a call to continue a
+        trajectory; the timestep's value is not part of it."""
+        program = self.program
+        return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a
+                     for i, (name, a) in enumerate(zip(program.placeholders, args))
+                     if name in program.user_inputs and i != self.timestep_index
+                     and not isinstance(a, float))
