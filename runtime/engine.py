@@ -7,6 +7,7 @@ lets each lowering (eager, ONNX Runtime, TensorRT, Inductor) be one file.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,11 +39,13 @@ class EagerFallback(Engine):
 
     Only with ``on_lowering_error="eager"``, and never silently: a warning names
     the segment and the error, and ``stats`` reports ``fallback`` for it.
+    Threads whose calls fail at the same time switch to eager once, with one warning.
     """
 
     def __init__(self, engine: Engine, segment: Segment):
         self.engine, self.segment = engine, segment
         self.info = engine.info
+        self._switch_lock = threading.Lock()
 
     @property
     def name(self):
@@ -52,14 +55,17 @@ class EagerFallback(Engine):
         return self.engine.built()   # after a fallback, the eager engine: nothing to build
 
     def run(self, inputs: Sequence) -> List:
+        engine = self.engine
         try:
-            return self.engine.run(inputs)
+            return engine.run(inputs)
         except LoweringError as exc:
-            warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
-                          f"(on_lowering_error='eager'): {exc}", stacklevel=2)
-            self.info = {**dict(self.engine.info), "segment": self.segment.name,
-                         "fallback": f"eager ({exc})"}
-            self.engine = EagerEngine(self.segment)
+            with self._switch_lock:
+                if self.engine is engine:   # not already switched by a thread that failed first
+                    warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
+                                  f"(on_lowering_error='eager'): {exc}", stacklevel=2)
+                    self.info = {**dict(engine.info), "segment": self.segment.name,
+                                 "fallback": f"eager ({exc})"}
+                    self.engine = EagerEngine(self.segment)
             return self.engine.run(inputs)
 
 

@@ -63,19 +63,22 @@ def is_shape_general(io_spec: SegmentIO) -> bool:
 
 
 def remember(cache: EngineCache, family: str, key: str) -> None:
-    """Point ``family`` at the cached file ``key`` (a shape-general export)."""
-    pointer = cache.path(family, ".family")
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(key + "\n")
+    """Point ``family`` at the cached file ``key`` (a shape-general export).
+
+    Written atomically under the pointer's lock (``EngineCache.write_text``): processes
+    sharing the cache directory may write it at the same time, and one reading it meanwhile
+    must see a whole key, not an empty or half-written file."""
+    cache.write_text(family, ".family", key + "\n")
 
 
 def candidate(cache: EngineCache, family: str, suffix: str) -> Optional[str]:
     """The cache key of a shape-general file of ``family``, if one was remembered and is still there."""
     pointer = cache.path(family, ".family")
-    if not pointer.exists():
+    try:
+        key = pointer.read_text().strip()
+    except FileNotFoundError:
         return None
-    key = pointer.read_text().strip()
-    return key if cache.lookup(key, suffix) is not None else None
+    return key if key and cache.lookup(key, suffix) is not None else None
 
 
 def agrees_with_eager(segment_module, inputs: Sequence, io_spec: SegmentIO, outputs: List[torch.Tensor]) -> bool:

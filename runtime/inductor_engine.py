@@ -14,10 +14,18 @@ A segment that returns Python numbers (the prologue, when sizes or scalars are
 hoisted into it) runs eagerly: Inductor compiles tensor programs only.  That
 segment is the timestep and patch embedding, a small part of a step, and
 ``stats`` reports it as ``eager (returns non-tensor values)``.
+
+Concurrent first calls with one signature compile once: the build runs under
+the engine's lock and the threads that waited use its result (``info["builds"]``
+counts compilations).  Calls that find their variant compiled take no lock.
+Compilations of different engines do not overlap either: they hold Dynamo's
+``compile_lock``, as Inductor's own lazy backward compilation does, because
+Inductor patches process-wide config and state while it compiles.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -35,6 +43,18 @@ def _signature(inputs: Sequence) -> Tuple:
                  (type(v).__name__, v) for v in inputs)
 
 
+def _compile_lock():
+    """Dynamo's process-wide compile lock (an RLock), or a lock of our own if torch moved it."""
+    try:
+        from torch._dynamo.convert_frame import compile_lock
+    except ImportError:
+        return _FALLBACK_COMPILE_LOCK
+    return compile_lock
+
+
+_FALLBACK_COMPILE_LOCK = threading.RLock()
+
+
 class InductorEngine(Engine):
     name = "inductor"
 
@@ -42,12 +62,16 @@ class InductorEngine(Engine):
         self.segment = segment
         self.variants: Dict[Tuple, Callable] = {}
         self.info = {"segment": segment.name, "builds": 0, "build_seconds": 0.0}
+        self._build_lock = threading.Lock()   # one compilation per signature, however many threads ask
 
     def run(self, inputs: Sequence) -> List:
         key = _signature(inputs)
         compiled = self.variants.get(key)
         if compiled is None:
-            compiled = self.variants[key] = self._build(list(inputs))
+            with self._build_lock:
+                compiled = self.variants.get(key)   # built by the thread this one waited for?
+                if compiled is None:
+                    compiled = self.variants[key] = self._build(list(inputs))
         return list(compiled(*inputs))
 
     def _build(self, inputs: List) -> Callable:
@@ -62,7 +86,8 @@ class InductorEngine(Engine):
             # .item() of one-element constants (an eps, a rope theta) becomes its number,
             # as for ONNX export: Inductor cannot trace data-dependent scalars
             module = prepare_for_export(self.segment.module, io_spec, inputs)
-            compiled = compile_fx(module, inputs)
+            with _compile_lock():
+                compiled = compile_fx(module, inputs)
         except Exception as exc:
             raise LoweringError(f"segment {self.segment.name!r}: Inductor could not compile it: "
                                 f"{type(exc).__name__}: {exc}") from exc

@@ -10,8 +10,10 @@ so one export serves every batch size and resolution that graph serves.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
+import re
+import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Sequence
@@ -25,6 +27,14 @@ from speca_compile.runtime.segment_io import SegmentIO
 
 # Part of every engine-cache key: bump it when the export changes what it writes.
 EXPORT_VERSION = "1"
+
+# One export at a time in a process.  torch.onnx.export is not thread-safe: it sets module
+# globals for its duration (torch.onnx's ``_is_onnx_exporting`` flag, which the first export
+# to finish clears under the other) and patches torch._dynamo.config, which is process-wide.
+# Engines of different segments may build in different threads at once (each engine only
+# serialises its own builds), so their exports queue here; an export holds the GIL for most
+# of its time anyway.
+_EXPORT_LOCK = threading.Lock()
 
 
 class TensorOnlySegment(torch.nn.Module):
@@ -132,7 +142,7 @@ def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path:
                      for axis, size in enumerate(io_spec.inputs[i].shape) if size is None}
                     for i in io_spec.tensor_inputs)
     try:
-        with torch.no_grad(), _quiet_exporter():
+        with _EXPORT_LOCK, torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(module, tensors, dynamo=True, dynamic_shapes=(dynamic,),
                                         input_names=input_names(io_spec), verbose=False,
                                         optimize=True)
@@ -165,14 +175,77 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+# What the exporter writes, measured with torch 2.13, onnxscript 0.7.2 (dynamo=True, verbose=False,
+# optimize=True) on every zoo model:
+# * stdout: nothing.  Its progress lines ("[torch.onnx] Run decompositions...") print only when
+#   ``verbose`` is not False, and onnxscript's optimizer and rewriter print only with their own
+#   ``verbose`` (off by default).  So stdout is left alone: redirecting it (contextlib.
+#   redirect_stdout swaps the process-wide sys.stdout) swallowed every other thread's output
+#   for the length of an export.  Anything a future version prints there is let through.
+# * logging, on stderr: warnings of ``torch.onnx._internal.exporter._registration`` ("torchvision
+#   is not installed. Skipping torchvision::nms", four per export): the "torch.onnx" logger is
+#   raised to ERROR during exports (only exporters log there).
+# * warnings: a FutureWarning from torch's pytree (LeafSpec deprecated) per export, attributed
+#   to ``copyreg``; deprecation warnings in general, and any warning raised from the exporter's
+#   own modules, are ignored during exports.  Warnings attributed to other code (speca's own
+#   RuntimeWarnings and UserWarnings, a user's) still show, from whatever thread.
+_QUIET_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+_EXPORTER_MODULES = r"(torch|onnx|onnxscript|onnx_ir|onnxruntime)(\.|$)"
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter prints progress to stdout and warns per op; keep user output clean."""
-    level = logging.getLogger("torch.onnx").level
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """Keep the exporter's logging and warnings out of the user's output (see above).
+
+    Entered only under ``_EXPORT_LOCK``, so exports never overlap: their saves and restores of
+    the process-wide logger level and warnings filters cannot interleave (which
+    ``warnings.catch_warnings`` around overlapping exports in two threads would do, restoring out
+    of order and possibly leaving the whole process's warnings ignored).  The filters inserted
+    are removed by identity, so filters other code added meanwhile stay.  (Where warnings are
+    context-aware, the default of Python 3.14's free-threaded build, ``catch_warnings`` is
+    local to the thread and is used instead.)"""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        if getattr(sys.flags, "context_aware_warnings", False):
+            with warnings.catch_warnings():
+                for category in _QUIET_CATEGORIES:
+                    warnings.filterwarnings("ignore", category=category)
+                warnings.filterwarnings("ignore", module=_EXPORTER_MODULES)
+                yield
+        else:
+            inserted = _insert_filters()
+            try:
+                yield
+            finally:
+                _remove_filters(inserted)
     finally:
-        logging.getLogger("torch.onnx").setLevel(level)
+        logger.setLevel(level)
+
+
+def _insert_filters() -> list:
+    """Put the exporter's ignore filters first; returns the entries, to remove them by identity
+    (a user's equal filter is another object and stays)."""
+    entries = [("ignore", None, category, None, 0) for category in _QUIET_CATEGORIES]
+    entries.append(("ignore", None, Warning, re.compile(_EXPORTER_MODULES), 0))
+    warnings.filters[:0] = entries
+    _filters_changed()
+    return entries
+
+
+def _remove_filters(entries: list) -> None:
+    for entry in entries:
+        for i, existing in enumerate(warnings.filters):
+            if existing is entry:
+                del warnings.filters[i]
+                break
+    _filters_changed()
+
+
+def _filters_changed() -> None:
+    """Tell the warnings machinery its filters changed (what ``filterwarnings`` does), so the
+    per-module registries of warnings already shown are invalidated."""
+    changed = getattr(warnings, "_filters_mutated", None)
+    if changed is not None:
+        changed()

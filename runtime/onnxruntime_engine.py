@@ -10,10 +10,17 @@ Sessions run with I/O binding (``run_session``): inputs are bound where they
 lie and outputs come back through DLPack on the same device, so no copy is
 made between segments.  The CUDA execution provider is used when the inputs
 live on a GPU and ``onnxruntime-gpu`` provides it.
+
+Threads may call one engine at once (a server running several requests): the
+first calls build under a per-engine lock, so the export and session are
+made once and the other callers wait and then use them; calls that find the
+session built take no lock (an ``InferenceSession`` runs concurrently, and
+each call binds its own I/O).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -77,16 +84,34 @@ class OnnxRuntimeEngine(Engine):
         self.io: Optional[SegmentIO] = None
         self.variants: Dict[tuple, _Variant] = {}
         self.info: Dict[str, object] = {"segment": segment.name, "builds": 0}
+        # held while building: concurrent first calls build once (``info["builds"]`` counts
+        # them).  Reentrant: a build runs the engine (engine_reuse's check), and for TensorRT
+        # running may rebuild for a larger input, which takes this lock too
+        self._build_lock = threading.RLock()
 
     def run(self, inputs: Sequence) -> List:
-        if self.io is None:
-            self.io = analyze_segment(self.segment, inputs)
-        baked = baked_values(self.io, inputs)
-        variant = self.variants.get(baked)
-        if variant is None:
-            variant = self.variants[baked] = self._build(inputs)
+        variant = self._variant(inputs)
         outputs = self._execute(variant, tensor_values(variant.io, inputs))
         return merge_outputs(variant.io, outputs, inputs)
+
+    def _variant(self, inputs: Sequence):
+        """The built session for these inputs' baked-in values, built (once) if there is none.
+
+        Looked up without the lock first (a dict read), then again under it: a thread that
+        waited while another built finds that build instead of making its own."""
+        io_spec = self.io
+        if io_spec is not None:
+            variant = self.variants.get(baked_values(io_spec, inputs))
+            if variant is not None:
+                return variant
+        with self._build_lock:
+            if self.io is None:
+                self.io = analyze_segment(self.segment, inputs)
+            baked = baked_values(self.io, inputs)
+            variant = self.variants.get(baked)
+            if variant is None:
+                variant = self.variants[baked] = self._build(inputs)
+            return variant
 
     def _execute(self, variant, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         return run_session(variant.session, variant.input_names, variant.output_names, tensors)
@@ -96,10 +121,9 @@ class OnnxRuntimeEngine(Engine):
         (``io_spec`` and ``key`` when the caller has them already)."""
         io_spec = io_spec if io_spec is not None else analyze_segment(self.segment, inputs)
         key = key if key is not None else onnx_cache_key(self.segment, io_spec, inputs, self.options)
-        before = len(self.cache.events)
-        path = self.cache.get_or_build(
+        path, event = self.cache.fetch(
             key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p, self.options.precision))
-        return path, io_spec, key, self.cache.events[before][0]
+        return path, io_spec, key, event
 
     def _build(self, inputs: Sequence) -> _Variant:
         start = time.perf_counter()

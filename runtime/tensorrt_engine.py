@@ -13,6 +13,11 @@ runs), then, per segment:
 * execution with ``execute_async_v3`` on torch's current CUDA stream, inputs
   and outputs bound by device pointer, so nothing is copied to the host.
 
+Builds happen under the engine's lock (``OnnxRuntimeEngine._variant``), and so
+does a rebuild for a larger input: threads that hit the same too-small profile
+wait for one rebuild and use it.  Execution itself is not made thread-safe: a
+variant has one execution context, which concurrent calls would share.
+
 Written against the TensorRT 10/11 Python API; not run here (no TensorRT, no
 GPU in this project's CI). Its tests skip with the reason when either is
 missing.
@@ -60,6 +65,7 @@ class _TrtVariant:
         self.engine = engine
         self.context = engine.create_execution_context()
         self.profile = profile
+        self.replaced_by = None   # the wider rebuild that superseded this variant, if any
         self.input_names = input_names(io_spec)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.output_names = [n for n in names if engine.get_tensor_mode(n).name == "OUTPUT"]
@@ -97,13 +103,20 @@ class TensorRTEngine(OnnxRuntimeEngine):
                    for n, t in zip(variant.input_names, tensors))
 
     def _rebuild(self, variant: _TrtVariant, tensors) -> _TrtVariant:
-        for n, t in zip(variant.input_names, tensors):
-            self.max_seen[n] = tuple(max(a, b) for a, b in zip(self.max_seen.get(n, t.shape), t.shape))
-        rebuilt = self._build_from(variant.io, tensors)
-        for key, existing in list(self.variants.items()):
-            if existing is variant:
-                self.variants[key] = rebuilt
-        return rebuilt
+        with self._build_lock:
+            # another thread may have rebuilt this variant while this one waited
+            while variant.replaced_by is not None:
+                variant = variant.replaced_by
+            if self._fits(variant, tensors):
+                return variant
+            for n, t in zip(variant.input_names, tensors):
+                self.max_seen[n] = tuple(max(a, b) for a, b in zip(self.max_seen.get(n, t.shape), t.shape))
+            rebuilt = self._build_from(variant.io, tensors)
+            for key, existing in list(self.variants.items()):
+                if existing is variant:
+                    self.variants[key] = rebuilt
+            variant.replaced_by = rebuilt
+            return rebuilt
 
     def _build(self, inputs: Sequence) -> _TrtVariant:
         from speca_compile.runtime.segment_io import tensor_values
