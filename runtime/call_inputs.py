@@ -81,6 +81,13 @@ class CallInputs:
             return value
         return None
 
+    def condition(self, args) -> Tuple:
+        """The call's other tensor inputs (prompt embeddings, class labels, ids): a branch
+        keeps them from step to step, and CFG's halves called separately differ in them."""
+        skip = (self.timestep_index, self.latent_index)
+        return tuple(a for i, (name, a) in enumerate(zip(self.program.placeholders, args))
+                     if name in self.program.user_inputs and i not in skip and isinstance(a, torch.Tensor))
+
     def signature(self, args) -> Tuple:
         """The input shapes (and symbolic sizes) that must match for a call to continue a
         trajectory; the timestep's value is not part of it."""

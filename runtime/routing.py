@@ -7,16 +7,29 @@ call continues the trajectory that
 * was last called at a timestep at or above the call's (samplers such as Heun,
   KDPM2 and DPM-Solver singlestep evaluate one timestep twice, as corrector
   and as the next step: equal timesteps stay in one trajectory), and
-* whose samples' last latent input is near the call's (relative L2 distance
-  below ``CONTINUATION_BOUND``), the nearest such trajectory first.
+* was last called with the same conditioning inputs (prompt embeddings, class
+  labels: a branch keeps them; CFG's halves called separately differ in them,
+  while their latents are identical), where one does, and
+* whose samples' last latent input is near the call's (L2 distance relative
+  to the smaller of the two norms below ``CONTINUATION_BOUND``: a latent of a
+  very different scale is no continuation either), the nearest first.
+
+At an equal timestep a trajectory with other conditioning is never continued:
+that call is another branch of the same step.
 
 The latent test is what keeps separately called CFG branches at the same
-timestep apart, and what stops a later run from inheriting an interrupted
-one (an img2img pass from t=600 after a run stopped at t=620 satisfies the
-timestep rule but not this one).  It is judged **per sample**: a sample of
-the continued trajectory whose latent jumped is restarted (warmup again, its
-cache window emptied) and ``stats`` counts it, so a wrong continuation costs
-compute, never correctness.  The bound: a sampler step moves the latent by
+timestep apart, and, where nobody named the generation (a raw sampling loop
+in its thread's implicit scope), what stops a later run from inheriting an
+interrupted one (an img2img pass from t=600 after a run stopped at t=620
+satisfies the timestep rule but not this one).  There it is judged **per
+sample**: a sample of the continued trajectory whose latent jumped is
+restarted (warmup again, its cache window emptied) and ``stats`` counts it,
+so a wrong continuation costs compute, never correctness.  Inside a named
+generation (``speca_compile.generation``, a pipeline call) a call at a lower
+timestep continues its nearest branch whatever the distance: the caller
+named the run, and random-weight models' latents can jump by more than the
+bound in one step (their noise predictions are noise).  Equal timesteps
+need the bound in either scope: that is where a second branch begins.  The bound: a sampler step moves the latent by
 a fraction of its norm (DDIM-50 a few percent, a 4-step flow sampler up to
 ~0.5, an ancestral sampler's fresh noise up to ~0.9 at its last steps); an
 unrelated latent of the same scale is ~sqrt(2) = 1.41 away.
@@ -43,11 +56,11 @@ MAX_FINISHED = 64     # finished trajectories kept for stats (their caches are f
 
 
 def latent_distance(previous: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """Per-sample ||latent - previous|| / ||previous|| (float64 on the CPU, [batch])."""
+    """Per-sample ||latent - previous|| / min(||latent||, ||previous||) (float64, CPU, [batch])."""
     a = latent.detach().reshape(latent.shape[0], -1).float()
     b = previous.to(a.device).reshape(previous.shape[0], -1).float()
-    dist = (a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-12)
-    return dist.double().cpu()
+    scale = torch.minimum(a.norm(dim=1), b.norm(dim=1)).clamp_min(1e-12)
+    return ((a - b).norm(dim=1) / scale).double().cpu()
 
 
 class GenerationState:
@@ -82,7 +95,7 @@ class Router:
         self.lock = threading.Lock()
 
     def route(self, generation: Generation, t: float, signature: Tuple, latent: Optional[torch.Tensor],
-              make: Callable[[int], object]):
+              condition: Tuple, make: Callable[[int], object]):
         """The trajectory a call at timestep ``t`` continues, or a new one from ``make(number)``;
         samples of a continued trajectory whose latent jumped are restarted."""
         self._sweep()
@@ -90,12 +103,12 @@ class Router:
         if state is None:
             state = self._states[generation] = GenerationState(generation)
             self._live.append(state)
-        found = self._continued(state, t, signature, latent)
+        found = self._continued(state, t, signature, latent, condition)
         if found is not None:
             traj, jumped = found
             if jumped:
                 traj.restart(jumped)
-            traj.last_latent = _keep(latent)
+            traj.last_latent, traj.last_condition = _keep(latent), condition
             return traj
         for traj in [tr for tr in state.active if tr.last_t is None or tr.last_t < t]:
             self._finish(state, traj)
@@ -106,28 +119,36 @@ class Router:
         else:   # an implicit scope: a new number when no trajectory of the scope is active
             traj.generation = state.active[-1].generation if state.active else new_number()
         traj.scope = generation.kind
-        traj.last_latent = _keep(latent)
+        traj.last_latent, traj.last_condition = _keep(latent), condition
         state.active.append(traj)
         while len(state.active) > MAX_ACTIVE:
             self.evicted += 1
             self._finish(state, state.active[0])
         return traj
 
-    def _continued(self, state: GenerationState, t: float, signature: Tuple,
-                   latent: Optional[torch.Tensor]) -> Optional[Tuple[object, List[int]]]:
+    def _continued(self, state: GenerationState, t: float, signature: Tuple, latent: Optional[torch.Tensor],
+                   condition: Tuple) -> Optional[Tuple[object, List[int]]]:
         best = None
         for traj in state.active:
             if traj.signature != signature or traj.last_t is None or traj.last_t < t:
                 continue
+            other = not _same_tensors(traj.last_condition, condition)
+            if other and traj.last_t == t:
+                continue                  # another branch of this step
             if latent is None or traj.last_latent is None or traj.last_latent.shape != latent.shape:
-                return traj, []           # no latent to compare: the timestep rule alone
-            dist = latent_distance(traj.last_latent, latent)
-            near = dist < CONTINUATION_BOUND
-            if not bool(near.any()):
-                continue
-            score = float(dist.mean())
-            if best is None or score < best[0]:
-                best = (score, traj, [s for s, ok in enumerate(near.tolist()) if not ok])
+                jumped, score = [], 0.0   # no latent to compare: timesteps and conditioning alone
+            else:
+                dist = latent_distance(traj.last_latent, latent)
+                near = dist < CONTINUATION_BOUND
+                # inside a named generation a call at a lower timestep continues (the caller
+                # said so); the latent only picks among its concurrent branches
+                trusted = state.numbered and t < traj.last_t
+                if not trusted and not bool(near.any()):
+                    continue
+                jumped = [] if trusted else [s for s, ok in enumerate(near.tolist()) if not ok]
+                score = float(dist.mean())
+            if best is None or (other, score) < best[0]:
+                best = ((other, score), traj, jumped)
         return None if best is None else (best[1], best[2])
 
     def _sweep(self) -> None:
@@ -141,7 +162,7 @@ class Router:
         self.finished.append(traj)
         del self.finished[:-MAX_FINISHED]
         traj.cache = None          # free the cached features; the log stays
-        traj.last_latent = None
+        traj.last_latent, traj.last_condition = None, ()
 
     def reset(self) -> None:
         for state in self._live:
@@ -156,6 +177,13 @@ class Router:
 
     def active(self) -> List:
         return [tr for s in self._live for tr in s.active]
+
+
+def _same_tensors(a: Tuple, b: Tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(x is y or (x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+                          and torch.equal(x, y)) for x, y in zip(a, b))
 
 
 def _keep(latent: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

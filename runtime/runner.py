@@ -102,7 +102,7 @@ class Runner:
         signature = self.inputs.signature(args)
         with self.router.lock:
             traj = self.router.route(generation, times[0], signature, self.inputs.latent(args, batch),
-                                     lambda n: Trajectory(n, signature, batch, times[0], self.options,
+                                     self.inputs.condition(args), lambda n: Trajectory(n, signature, batch, times[0], self.options,
                                                           self.groups))
         with traj.lock:
             if not self.speculating:

@@ -46,6 +46,7 @@ class Trajectory:
         self.steps: List[StepRecord] = []
         self.peak_cache_bytes = 0
         self.last_latent: Optional[torch.Tensor] = None   # for the router's continuation test
+        self.last_condition: Tuple = ()
         self.restarts: List[Tuple[int, Tuple[int, ...]]] = []   # (step, samples) restarted
         self.lock = threading.Lock()   # one step at a time, whoever calls
 

@@ -46,8 +46,16 @@ def denoise(model_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torc
             steps: int, kind: str) -> torch.Tensor:
     """Run a whole trajectory. ``model_fn(x, t)`` returns eps (ddim) or velocity (flow).
 
-    For ``kind="flow"`` the model is called with t = sigma in [0, 1].
+    For ``kind="flow"`` the model is called with t = sigma in [0, 1].  The run is one
+    speca generation (``speca_compile.generation``): what every sampling loop should do.
     """
+    import speca_compile   # the package imports nothing from here; lazily, to stay a leaf module
+
+    with speca_compile.generation():
+        return _denoise(model_fn, noise, steps, kind)
+
+
+def _denoise(model_fn, noise: torch.Tensor, steps: int, kind: str) -> torch.Tensor:
     x = noise
     if kind == "ddim":
         ts = ddim_timesteps(steps)
