@@ -7,7 +7,7 @@ the call in ``stats`` instead of guessing.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -18,18 +18,20 @@ from speca_compile.passes.timestep_input import argument_name
 LATENT_NAMES = ("hidden_states", "sample", "latents", "latent", "x", "img", "z", "noisy_latents")
 
 
-def find_latent_input(program: SpeculativeProgram, batch_inputs: Optional[Sequence[int]],
-                      timestep_index: Optional[int]) -> Optional[int]:
-    """The placeholder index of the noisy latent (what a sampler updates between calls):
-    a user input named like one, else the first batched floating-point user input."""
-    user = [i for i, name in enumerate(program.placeholders)
-            if name in program.user_inputs and i != timestep_index]
-    by_name = {argument_name(program.placeholders[i]): i for i in user}
-    for name in LATENT_NAMES:
-        if name in by_name:
-            return by_name[name]
-    for i in batch_inputs or ():
-        if i in user:
+def latent_by_name(program: SpeculativeProgram, timestep_index: Optional[int]) -> Optional[int]:
+    """The placeholder index of the noisy latent (what a sampler updates between calls) when a
+    user input is named like one; ``None`` otherwise (e.g. positional ``*args``: ``args_0``)."""
+    by_name = {argument_name(name): i for i, name in enumerate(program.placeholders)
+               if name in program.user_inputs and i != timestep_index}
+    return next((by_name[name] for name in LATENT_NAMES if name in by_name), None)
+
+
+def latent_by_value(program: SpeculativeProgram, args, batch: int, timestep_index: Optional[int]) -> Optional[int]:
+    """Else the first user input, in argument order, holding a floating-point tensor of at least
+    two dimensions with one row per sample (diffusers and the DiT code pass the latent first)."""
+    for i, (name, value) in enumerate(zip(program.placeholders, args)):
+        if (name in program.user_inputs and i != timestep_index and isinstance(value, torch.Tensor)
+                and value.is_floating_point() and value.dim() >= 2 and value.shape[0] == batch):
             return i
     return None
 
@@ -42,7 +44,8 @@ class CallInputs:
         self.program = program
         self.batch_inputs = batch_inputs
         self.timestep_index = timestep_index
-        self.latent_index = find_latent_input(program, batch_inputs, timestep_index)
+        self.latent_index = latent_by_name(program, timestep_index)
+        self._latent_known = self.latent_index is not None   # else chosen by value at the first call
 
     def timesteps(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
         """(one timestep per sample, None) or (None, why not); (None, None) when the
@@ -73,6 +76,9 @@ class CallInputs:
 
     def latent(self, args, batch: int) -> Optional[torch.Tensor]:
         """The call's noisy latent, one row per sample, or None if there is none to compare."""
+        if not self._latent_known:
+            self.latent_index = latent_by_value(self.program, args, batch, self.timestep_index)
+            self._latent_known = True
         if self.latent_index is None:
             return None
         value = args[self.latent_index]

@@ -186,16 +186,18 @@ class Runner:
         state used at each cut, one row per sample: what a recursive forecaster records)."""
         env = view.bind()
         check = view.spread(checked)
-        cache, cuts, v = traj.cache, self.program.cuts, self.verify_unit
+        cuts, v = self.program.cuts, self.verify_unit
         work = view.work
-        t = scaled[work]
+
+        def predict(group: str, base):
+            return _forecast(traj.cache, group, view, scaled, base)
 
         self._run_segment(env, self.program.prologue)
         state = self._values(env, 0)
         if v > 0:
-            state = cache.predict("prefix", work, t, state)
+            state = predict("prefix", state)
             env.update(zip(cuts[v], state))
-        forecast = cache.predict("verify", work, t, state)
+        forecast = predict("verify", state)
         errors = torch.zeros(len(work), dtype=torch.float64)
         if bool(check.any()):
             with self._section("verify"):
@@ -205,7 +207,7 @@ class Runner:
             forecast = tuple(torch.where(_rows_mask(check, r), r, f) for r, f in zip(real, forecast))
         env.update(zip(cuts[v + 1], forecast))
         if v + 1 < self.num_units:
-            env.update(zip(cuts[self.num_units], cache.predict("rest", work, t, forecast)))
+            env.update(zip(cuts[self.num_units], predict("rest", forecast)))
         self._run_segment(env, self.program.epilogue)
         used = {c: tuple(view.select(x) for x in self._values(env, c)) for c in self.cache_cuts}
         return view.select_env(env, self._row_names), view.select(errors), used
@@ -251,6 +253,19 @@ class Runner:
     def reset(self) -> None:
         with self.router.lock:
             self.router.reset()
+
+
+def _forecast(cache, group: str, view: BatchView, scaled: torch.Tensor, base):
+    """The forecast of ``group`` for the rows the engines compute.  Only the view's samples are
+    forecast: where the engines compute every row (inputs not sliceable), the other rows are
+    zeros (a sample restarted this step has no cache to forecast from); they are computed
+    through and discarded, and no op of a DiT mixes rows."""
+    if view.sliced:
+        return cache.predict(group, view.work, scaled[view.work], base)
+    rows = view.rows
+    part = cache.predict(group, rows, scaled[rows], tuple(take_rows(b, rows) for b in base))
+    return tuple(p.new_zeros((view.batch,) + tuple(p.shape[1:])).index_copy_(0, rows.to(p.device), p)
+                 for p in part)
 
 
 def _rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -335,3 +335,38 @@ def test_apply_makes_each_pipeline_call_one_generation_and_a_lower_start_starts_
     fresh_pipe, _ = tiny_pipelines.flux_pipeline()
     speca_compile.apply(fresh_pipe, **EAGER)
     assert helpers.rel_err(second, call(fresh_pipe, [2, 3], steps=12, sigmas=lower)) < 1e-6
+
+
+def test_a_sample_whose_latent_jumps_restarts_alone_in_a_static_batch():
+    """In the implicit scope a sample whose latent is not the continuation of its last call
+    starts again (warmup) while its companions go on.  With a static graph the engines compute
+    every row; the restarted sample has no cache to forecast from, which crashed ('forecast
+    requested for a sample with no cached full step').  The kept sample equals its run without
+    the jump.  (Trained DiT, CFG in one batch: image 1 is rows 1 and 3.)"""
+    from speca_compile.reference import store
+
+    z = store.load("dit_digits")
+    ts = sampling.ddim_timesteps(20)
+    extra = z.make_inputs(2, 1)
+    noise = torch.randn(z.latent_shape(2), generator=torch.Generator().manual_seed(0))
+    fresh = torch.randn(z.latent_shape(1), generator=torch.Generator().manual_seed(7))
+
+    def run(model, jump_at=None):
+        x = noise.clone()
+        with torch.no_grad():
+            for i, t in enumerate(ts):
+                if i == jump_at:
+                    x = torch.cat([x[:1], fresh])
+                x = sampling.ddim_step(x, z.call(model, x, float(t), extra), t, ts[i + 1] if i + 1 < len(ts) else None)
+        return x
+
+    compiled = _compiled(z)
+    jumped = run(compiled, jump_at=6)
+    runner = speca_compile.registry.runners_for(compiled)[0]
+    assert runner.batch_inputs is None or runner.program.batch_size == 4   # the rows path under test
+    traj = speca_compile.stats(compiled)["trajectories"][-1]
+    assert traj["steps"] == len(ts) and traj["restarted"] == [{"step": 6, "samples": [1, 3]}]
+    assert traj["decisions"][6][1] == traj["decisions"][6][3] == "F"
+    assert traj["decisions"][6][0] != "F"       # the kept sample forecasts on
+    speca_compile.reset(compiled)
+    assert helpers.rel_err(jumped[:1], run(compiled)[:1]) < 1e-5
