@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import torch
 
-from speca_compile import zoo
+from speca_compile import schedulers, zoo
 from speca_compile.options import Options
 from speca_compile.bench.suite import REFERENCE
 
@@ -58,6 +58,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--orders", default=str(Options.order), help="comma-separated forecast orders, speca rows for each")
     bench.add_argument("--max-speculative", default=str(Options.max_speculative),
                        help="comma-separated, speca rows for each: most forecast steps in a row")
+    bench.add_argument("--schedulers", default="",
+                       help="comma-separated diffusers schedulers, or 'all': every speca row's settings again, "
+                            "sampled with each scheduler that fits the model (epsilon: "
+                            f"{', '.join(schedulers.names_for('ddim'))}; flow: {', '.join(schedulers.names_for('flow'))}), "
+                            "against eager with the same scheduler")
+    bench.add_argument("--scheduler-steps", type=int, default=None,
+                       help="inference steps of the scheduler rows (default: each scheduler's usual count)")
     bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
     bench.add_argument("--no-peers", action="store_true",
                        help="leave out diffusers' caching hooks and cache-dit")
@@ -128,6 +135,25 @@ def _parse_list(flag: str, text: str, cast, low, kind: str) -> tuple:
     if not values or any(v < low for v in values):
         raise SystemExit(f"speca bench: {flag} needs {kind} >= {low}, got {text!r}")
     return values
+
+
+def _parse_schedulers(text: str, models: List[str]) -> tuple:
+    """Scheduler names (``speca_compile.schedulers``); each must fit one of ``models``' kinds."""
+    from speca_compile.bench.suite import model_kind
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if names == ("all",):
+        names = schedulers.NAMES
+    unknown = [n for n in names if n not in schedulers.NAMES]
+    if unknown:
+        raise SystemExit(f"speca bench: --schedulers got {text!r}; valid: all, {', '.join(schedulers.NAMES)}")
+    kinds = {model_kind(m) for m in models}
+    unfit = [n for n in names if schedulers.SCHEDULERS[n][1] not in kinds]
+    if unfit:
+        raise SystemExit(f"speca bench: --schedulers {', '.join(unfit)}: none of --models "
+                         f"({', '.join(models)}) is a model they drive; for those models: "
+                         + ", ".join(n for k in sorted(kinds) for n in schedulers.names_for(k)))
+    return names
 
 
 def _parse_taus(text: str) -> tuple:
@@ -209,8 +235,13 @@ def _bench(args, argv: List[str]) -> int:
         raise SystemExit(f"speca bench: --forecasters got {args.forecasters!r}; valid: {', '.join(FORECASTERS)}")
     longest = _parse_ints("--max-speculative", args.max_speculative)
     orders = _parse_ints("--orders", args.orders)
-    config = BenchConfig(models=_parse_models(args.models), lowerings=lowerings, forecasters=forecasters,
-                         orders=orders, max_speculatives=longest, device=_parse_device(args.device), **settings)
+    models = _parse_models(args.models)
+    if args.scheduler_steps is not None and args.scheduler_steps < 1:
+        raise SystemExit("speca bench: --scheduler-steps must be >= 1")
+    config = BenchConfig(models=models, lowerings=lowerings, forecasters=forecasters,
+                         orders=orders, max_speculatives=longest, device=_parse_device(args.device),
+                         schedulers=_parse_schedulers(args.schedulers, models),
+                         scheduler_steps=args.scheduler_steps, **settings)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
     bar, tick, grow = _progress_bar("speca bench")
     with bar:

@@ -63,6 +63,22 @@ class Method:
         self.end_trajectory()
         return out
 
+    def sample_with(self, ref, scheduler: str, noise, extra, steps: int, seed: int) -> torch.Tensor:
+        """One trajectory driven by diffusers' scheduler ``scheduler`` (``speca_compile.schedulers``);
+        ``seed`` seeds the generator of stochastic schedulers."""
+        from speca_compile import schedulers
+
+        def predict(x, t):
+            with self.call_context():
+                return ref.call(self.module, x, t, extra)
+
+        generator = torch.Generator(device=noise.device).manual_seed(seed)
+        with torch.no_grad():
+            out = schedulers.denoise_with(schedulers.make_scheduler(scheduler, ref.kind), predict, noise, steps,
+                                          generator)
+        self.end_trajectory()
+        return out
+
 
 class Eager(Method):
     family = "eager"

@@ -10,6 +10,12 @@
 * Quality against the full-compute (eager) images of the same seeds: PSNR,
   SSIM, relative L2; against the data (trained reference models only): the
   judge's accuracy on the class-conditional samples and digits-FD.
+* Schedulers (``schedulers``): every speca row's settings again, sampled with
+  each of diffusers' schedulers that fits the model (``speca_compile.schedulers``),
+  one row per scheduler and setting: full fraction, quality against eager with the
+  same scheduler, seeds and noise, and speed against it (interleaved rounds per
+  scheduler).  The compiled modules of the speca rows are reused: each sampling
+  run is its own generation.  No FLOP count (the meter runs only the main rows).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class BenchConfig:
     peers: bool = True
     seed: int = 0
     device: str = "cpu"
+    schedulers: Sequence[str] = ()             # diffusers schedulers, rows for each (schedulers.NAMES)
+    scheduler_steps: Optional[int] = None      # None: each scheduler's usual inference steps
 
 
 @dataclasses.dataclass
@@ -69,6 +77,8 @@ class Row:
     cache_bytes: Optional[int]
     compile_seconds: float
     options: Optional[Dict] = None      # the speca options of the row (None for other methods)
+    scheduler: Optional[str] = None     # the diffusers scheduler of a scheduler row (None: our own loop)
+    model_calls: Optional[int] = None   # model calls per image of a scheduler row
 
 
 def load_model(name: str):
@@ -76,6 +86,11 @@ def load_model(name: str):
         from speca_compile.reference import store
         return store.load(name)
     return zoo.build(name)
+
+
+def model_kind(name: str) -> str:
+    """"ddim" (epsilon prediction) or "flow", without loading the weights of a reference model."""
+    return {"dit_digits": "ddim", "flux_digits": "flow"}.get(name) or zoo.build(name).kind
 
 
 def run_suite(config: BenchConfig, progress: Optional[Callable[[str], None]] = None,
@@ -96,10 +111,11 @@ class _ImageSet:
 
     def __init__(self, ref, config: BenchConfig):
         self.ref = ref
-        self.chunks, self._labels = [], []
+        self.chunks, self._labels, self.seeds = [], [], []
         for start in range(0, config.images, config.batch):
             size = min(config.batch, config.images - start)
             seed = config.seed + start
+            self.seeds.append(seed + 20_000)     # a stochastic scheduler's generator
             noise = torch.randn(ref.latent_shape(size), generator=torch.Generator().manual_seed(seed))
             extra = ref.make_inputs(size, seed + 10_000)
             self._labels.append(extra.get("labels"))
@@ -109,6 +125,11 @@ class _ImageSet:
         """The whole image set on the CPU; the copy also waits for a GPU to finish (timing)."""
         return torch.cat([method.sample(self.ref, noise, extra, steps, meter).cpu()
                           for noise, extra in self.chunks])
+
+    def generate_with(self, method, scheduler: str, steps: int) -> torch.Tensor:
+        """The whole image set sampled with diffusers' ``scheduler`` (one generation per chunk)."""
+        return torch.cat([method.sample_with(self.ref, scheduler, noise, extra, steps, seed).cpu()
+                          for (noise, extra), seed in zip(self.chunks, self.seeds)])
 
     def labels(self) -> Optional[torch.Tensor]:
         return None if self._labels[0] is None else torch.cat(self._labels)
@@ -148,7 +169,98 @@ def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> Li
         tick(f"metered {m.name}")
     medians = interleaved_medians({m.name: (lambda m=m: images.generate(m, config.steps)) for m in methods},
                                   config.repeats, on_tick=lambda name: tick(name))
-    return _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians)
+    rows = _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians)
+    return rows + _scheduler_rows(ref, config, methods, images, tick, on_methods)
+
+
+def _scheduler_rows(ref, config: BenchConfig, methods, images, tick, on_methods=None) -> List[Row]:
+    """Per scheduler that fits ``ref``: eager and every speca row's module sample with it; one row
+    per speca setting, against eager with the same scheduler (quality and speed)."""
+    from speca_compile import schedulers as schedulers_mod
+
+    names = [n for n in config.schedulers if n in schedulers_mod.names_for(ref.kind)]
+    eager = methods[0]
+    specas = [m for m in methods if isinstance(m, methods_mod.Speca) and m.options.get("speculate", True)]
+    if not names or not specas:
+        return []
+    if on_methods:
+        on_methods(len(names) * (1 + len(specas)))
+    quality = _Quality(ref, images)
+    rows: List[Row] = []
+    for name in names:
+        steps = config.scheduler_steps or schedulers_mod.usual_steps(name)
+        calls = schedulers_mod.model_calls(schedulers_mod.make_scheduler(name, ref.kind), steps)
+        label = f"{name}/{steps}"
+        runs = {m.name: m for m in [eager] + specas}
+        results, first_s, summaries = {}, {}, {}
+        for run_name, m in runs.items():
+            start = time.perf_counter()
+            results[run_name] = images.generate_with(m, name, steps)
+            first_s[run_name] = time.perf_counter() - start
+            if m is not eager:
+                summaries[run_name] = _generation_summary(m, len(images.chunks), f"{label} {run_name}")
+            tick(f"warm {label} {run_name}")
+            tick(f"summary {label} {run_name}")
+        medians = interleaved_medians(
+            {run_name: (lambda m=m: images.generate_with(m, name, steps)) for run_name, m in runs.items()},
+            config.repeats, on_tick=lambda run_name: tick(f"{label} {run_name}"))
+        for m in specas:
+            suffix = m.family[len(f"speca[{m.options['lowering']}]"):]
+            rows.append(Row(
+                model=ref.name, method=f"{label} {m.name}", family=f"{name} speca[{m.options['lowering']}]{suffix}",
+                seconds_per_image=medians[m.name] / config.images,
+                speedup=medians[eager.name] / medians[m.name],
+                full_fraction=summaries[m.name]["full_fraction"], flops_fraction=None, verify_fraction=None,
+                **quality(results[m.name], results[eager.name]),
+                peak_memory_mb=None, cache_bytes=summaries[m.name]["cache_bytes"],
+                compile_seconds=max(0.0, first_s[m.name] - medians[m.name]),
+                options=dict(m.options), scheduler=name, model_calls=calls,
+            ))
+    return rows
+
+
+class _Quality:
+    """PSNR, SSIM, relative L2 of a result against its reference images; the judge's accuracy and
+    digits-FD where the model is a trained reference model (as ``_rows`` computes them)."""
+
+    def __init__(self, ref, images: _ImageSet):
+        self.decode = getattr(ref, "decode", None)
+        self.labels = images.labels()
+        self.judge = self.held_out = None
+        if self.decode is not None and self.labels is not None:
+            from speca_compile.reference import digits, store
+            self.judge, self.held_out = store.load_judge(), digits.split("held_out")[0]
+
+    def __call__(self, out: torch.Tensor, reference: torch.Tensor) -> Dict:
+        from speca_compile.reference import judge as judge_mod
+
+        if self.decode is None:
+            return {"psnr_db": psnr(out, reference), "ssim": None, "rel_l2": relative_l2(out, reference),
+                    "accuracy": None, "digits_fd": None}
+        decoded = self.decode(out)
+        picture, picture_ref = to_unit(decoded), to_unit(self.decode(reference))
+        judged = self.judge is not None
+        return {"psnr_db": image_psnr(picture, picture_ref), "ssim": ssim(picture, picture_ref),
+                "rel_l2": relative_l2(out, reference),
+                "accuracy": judge_mod.accuracy(self.judge, decoded, self.labels) if judged else None,
+                "digits_fd": judge_mod.frechet_distance(self.judge, decoded, self.held_out) if judged else None}
+
+
+def _generation_summary(method, chunks: int, label: str) -> Dict:
+    """Full fraction and cache bytes of the latest ``chunks`` generations of a speca method (one
+    sampling run each, whatever the sampler did with its timesteps)."""
+    import speca_compile
+
+    trajectories = speca_compile.stats(method.module)["trajectories"]
+    generations = sorted({t["generation"] for t in trajectories})[-chunks:]
+    mine = [t for t in trajectories if t["generation"] in generations]
+    if len(generations) < chunks:
+        raise RuntimeError(f"bench row {label!r}: the speca runtime saw {len(generations)} of {chunks} "
+                           "generations; Dynamo ran the model without the backend (recompile limit?)")
+    full = sum(t["full"] for t in mine)
+    total = sum(t["steps"] * t["batch_size"] for t in mine)
+    return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in mine),
+            "trajectories": len(mine)}
 
 
 def _summary(method, chunks: int) -> Dict:
