@@ -18,6 +18,13 @@ never infers the generation from global history; it is named, in this order:
    has its own implicit scope (context variables), so concurrent callers
    never share state.
 
+Designed for rows from many requests: a serving loop will hand one batched
+call whose rows belong to different requests at different timesteps, each row
+naming its generation.  Sample state is already per sample (policy counters,
+cache windows and timesteps are indexed by sample), so that call splits its
+rows by generation, routes each group as ``routing`` routes a call, and the
+step plans of the groups run as one sub-batch per path.
+
 Inside one scope the runtime still tells trajectories apart (separately
 called CFG branches, a raw sampling loop run twice): that fallback lives in
 ``runtime/routing.py``.  Nothing here holds runtime state; a ``Generation``
