@@ -10,10 +10,14 @@ from speca_compile.registry import runners_for
 from tests import helpers
 from tests.reference_dit import NoBlocks
 
+# the passes' tests run the segments eagerly: no lowering is their subject (tests/test_*_lowering.py are
+# about those); test_model_without_blocks_runs_unchanged_and_says_why keeps the default lowering
+EAGER = {"lowering": "eager"}
+
 
 def compiled_program(name, batch=2, options=None):
     z = helpers.build(name)
-    compiled = torch.compile(z.model, backend="speca", options=options or {})
+    compiled = torch.compile(z.model, backend="speca", options={**EAGER, **(options or {})})
     extra = z.make_inputs(batch, 0)
     with torch.no_grad():
         z.call(compiled, helpers.noise_for(z, batch, 0), 0.5 if z.kind == "flow" else 500.0, extra)
@@ -96,12 +100,12 @@ def test_timestep_input_option_names_an_unusual_argument():
 
     model = Renamed().eval()
     x, t = torch.randn(2, 4, 8), torch.tensor([0.5, 0.5])
-    plain = torch.compile(model, backend="speca")
+    plain = torch.compile(model, backend="speca", options=EAGER)
     with torch.no_grad():
         plain(x, t)
     assert "no timestep input found" in speca_compile.stats(plain)["reason"]
     torch._dynamo.reset()
-    named = torch.compile(model, backend="speca", options={"timestep_input": "noise_level_value"})
+    named = torch.compile(model, backend="speca", options={**EAGER, "timestep_input": "noise_level_value"})
     with torch.no_grad():
         named(x, t)
     assert speca_compile.stats(named)["per_graph"][-1]["speculation"] is True
