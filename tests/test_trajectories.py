@@ -8,6 +8,9 @@ from speca_compile import sampling
 from tests import helpers
 
 NOT_BATCHED = ("img_ids", "txt_ids", "added_cond_kwargs")
+# routing is the subject of the tests below the first: their segments run eagerly (the
+# independence test keeps the default lowering: ONNX Runtime sub-batches are part of it)
+EAGER = {"lowering": "eager"}
 
 
 def slice_sample(extra, k):
@@ -61,7 +64,7 @@ def test_cfg_branches_called_separately_keep_separate_state():
     z = helpers.build("dit")
     cond, uncond = z.make_inputs(2, 1), {"class_labels": torch.tensor([9, 9])}
     noise_a, noise_b = helpers.noise_for(z, 2, 1), helpers.noise_for(z, 2, 2)
-    compiled = torch.compile(z.model, backend="speca")
+    compiled = torch.compile(z.model, backend="speca", options=EAGER)
     xs = {"a": noise_a, "b": noise_b}
     ts = sampling.ddim_timesteps(30)
     with torch.no_grad():
@@ -79,7 +82,7 @@ def test_cfg_branches_called_separately_keep_separate_state():
 
 def test_batch_shape_change_starts_a_new_trajectory():
     z = helpers.build("reference_dit")
-    compiled = torch.compile(z.model, backend="speca")
+    compiled = torch.compile(z.model, backend="speca", options=EAGER)
     with torch.no_grad():
         for t in (900.0, 800.0, 700.0):
             z.call(compiled, helpers.noise_for(z, 2, 0), t, z.make_inputs(2, 0))
@@ -91,7 +94,7 @@ def test_batch_shape_change_starts_a_new_trajectory():
 
 def test_timestep_going_up_starts_a_new_trajectory_and_frees_the_cache():
     z = helpers.build("reference_dit")
-    compiled = torch.compile(z.model, backend="speca")
+    compiled = torch.compile(z.model, backend="speca", options=EAGER)
     with torch.no_grad():
         for t in (900.0, 800.0, 700.0, 900.0):
             z.call(compiled, helpers.noise_for(z, 2, 0), t, z.make_inputs(2, 0))
@@ -104,7 +107,7 @@ def test_timestep_going_up_starts_a_new_trajectory_and_frees_the_cache():
 
 def test_stats_before_any_call_and_for_a_plain_module():
     model = helpers.build("reference_dit").model
-    compiled = torch.compile(model, backend="speca")
+    compiled = torch.compile(model, backend="speca", options=EAGER)
     assert speca_compile.stats(compiled)["graphs"] == 0
     with pytest.raises(TypeError, match="torch.nn.Module"):
         speca_compile.stats("not a model")
