@@ -221,9 +221,10 @@ def _scheduler_rows(ref, config: BenchConfig, methods, images, tick, on_methods=
 
 class _Quality:
     """PSNR, SSIM, relative L2 of a result against its reference images; the judge's accuracy and
-    digits-FD where the model is a trained reference model (as ``_rows`` computes them)."""
+    digits-FD where the model is a trained reference model.  One reference is decoded once."""
 
     def __init__(self, ref, images: _ImageSet):
+        self._decoded_ref = (None, None)
         self.decode = getattr(ref, "decode", None)
         self.labels = images.labels()
         self.judge = self.held_out = None
@@ -237,8 +238,10 @@ class _Quality:
         if self.decode is None:
             return {"psnr_db": psnr(out, reference), "ssim": None, "rel_l2": relative_l2(out, reference),
                     "accuracy": None, "digits_fd": None}
+        if self._decoded_ref[0] is not reference:
+            self._decoded_ref = (reference, to_unit(self.decode(reference)))
         decoded = self.decode(out)
-        picture, picture_ref = to_unit(decoded), to_unit(self.decode(reference))
+        picture, picture_ref = to_unit(decoded), self._decoded_ref[1]
         judged = self.judge is not None
         return {"psnr_db": image_psnr(picture, picture_ref), "ssim": ssim(picture, picture_ref),
                 "rel_l2": relative_l2(out, reference),
@@ -257,10 +260,7 @@ def _generation_summary(method, chunks: int, label: str) -> Dict:
     if len(generations) < chunks:
         raise RuntimeError(f"bench row {label!r}: the speca runtime saw {len(generations)} of {chunks} "
                            "generations; Dynamo ran the model without the backend (recompile limit?)")
-    full = sum(t["full"] for t in mine)
-    total = sum(t["steps"] * t["batch_size"] for t in mine)
-    return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in mine),
-            "trajectories": len(mine)}
+    return {**_fractions(mine), "trajectories": len(mine)}
 
 
 def _summary(method, chunks: int) -> Dict:
@@ -272,29 +272,22 @@ def _summary(method, chunks: int) -> Dict:
     if len(trajectories) < chunks:
         raise RuntimeError(f"bench row {method.name!r}: the speca runtime saw {len(trajectories)} of {chunks} "
                            "trajectories; Dynamo ran the model without the backend (recompile limit?)")
+    return {**_fractions(trajectories), "decisions": [t["decisions"] for t in trajectories]}
+
+
+def _fractions(trajectories) -> Dict:
+    """Full sample-steps over all sample-steps, and the largest cache, of some trajectories."""
     full = sum(t["full"] for t in trajectories)
     total = sum(t["steps"] * t["batch_size"] for t in trajectories)
-    return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in trajectories),
-            "decisions": [t["decisions"] for t in trajectories]}
+    return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in trajectories)}
 
 
 def _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians) -> List[Row]:
-    from speca_compile.reference import judge as judge_mod
-
-    decode = getattr(ref, "decode", None)
-    labels = images.labels()
-    judge = held_out = None
-    if decode is not None and labels is not None:
-        from speca_compile.reference import digits, store
-        judge, held_out = store.load_judge(), digits.split("held_out")[0]
+    quality = _Quality(ref, images)
     reference = results["eager"]
-    picture_ref = None if decode is None else to_unit(decode(reference))
     eager_flops = meters["eager"].flops
     rows = []
     for m in methods:
-        out = results[m.name]
-        decoded = None if decode is None else decode(out)
-        picture = None if decoded is None else to_unit(decoded)
         counted = _counted(m, meters, summaries)
         rows.append(Row(
             model=ref.name, method=m.name, family=m.family,
@@ -304,11 +297,7 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             flops_fraction=None if counted is None else counted.flops / eager_flops,
             verify_fraction=None if counted is None or not counted.flops
             else counted.section_flops.get("verify", 0) / counted.flops,
-            psnr_db=image_psnr(picture, picture_ref) if picture is not None else psnr(out, reference),
-            ssim=ssim(picture, picture_ref) if picture is not None else None,
-            rel_l2=relative_l2(out, reference),
-            accuracy=judge_mod.accuracy(judge, decoded, labels) if judge is not None else None,
-            digits_fd=judge_mod.frechet_distance(judge, decoded, held_out) if judge is not None else None,
+            **quality(results[m.name], reference),
             peak_memory_mb=meters[m.name].peak_bytes / 2**20 if m.name in meters else None,
             cache_bytes=summaries[m.name].get("cache_bytes"),
             compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
