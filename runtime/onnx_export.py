@@ -22,6 +22,7 @@ import torch
 
 from speca_compile.errors import LoweringError
 from speca_compile.passes.partition import Segment
+from speca_compile.runtime.onnx_files import save_program, to_fp16
 from speca_compile.runtime.segment_io import SegmentIO
 
 
@@ -146,28 +147,12 @@ def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path:
             program = torch.onnx.export(module, tensors, dynamo=True, dynamic_shapes=(dynamic,),
                                         input_names=input_names(io_spec), verbose=False,
                                         optimize=True)
-            program.save(str(path), external_data=False)
+            save_program(program, path)
         if precision == "fp16":
             to_fp16(path)
     except Exception as exc:  # the exporter raises many types; name the segment and the op
         raise LoweringError(f"segment {segment.name!r} failed to export to ONNX: "
                             f"{_first_line(exc)}") from exc
-
-
-def to_fp16(path: Path) -> None:
-    """Rewrite the ONNX file at ``path`` to compute in float16, its inputs and outputs kept float32.
-
-    The precision lives in the graph, which is what TensorRT 11 requires (no FP16 builder
-    flag) and what ONNX Runtime runs as written.  Inputs and outputs stay float32, so the
-    runtime's cache, forecasts and verification keep their precision; the conversion is
-    onnxruntime's own (``onnxruntime.transformers.float16``), with its list of ops kept in
-    float32.
-    """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-    onnx.save(model, str(path))
 
 
 def _first_line(exc: BaseException) -> str:
