@@ -18,16 +18,29 @@ once and nobody mistakes another's half-finished write for corruption:
   then finds the file built by the first: a cache hit.  The kernel releases a
   flock when its holder dies, so a killed build never leaves the entry locked.
   Threads of one process also serialise on an in-process lock per entry.
-* **Checksum first.**  The data and its checksum are written to temporary
-  names and renamed into place (``os.replace``, atomic), the checksum before
-  the data, so a reader that sees a data file always finds the checksum
-  written for it.  Reads take no lock; a reader that finds a mismatch checks
-  again under the lock (the file may have been replaced meanwhile) before it
-  declares the entry corrupt and deletes it.
+* **Checksum first, the file last.**  The file and its checksum are written
+  to temporary names and renamed into place (``os.replace``, atomic), the
+  checksum before the file, so a reader that sees a file always finds the
+  checksum written for it.  Reads take no lock; a reader that finds a mismatch
+  checks again under the lock (the file may have been replaced meanwhile)
+  before it declares the entry corrupt and deletes it.
+* **A file and its weights, together.**  A build may write, beside its
+  temporary file ``T``, a companion ``T.data`` (an ONNX file's external data,
+  see ``onnx_files``: it records the companion under its final name
+  ``<key><suffix>.data``, which ``building_target`` tells it).  The entry is
+  then both files, and its checksum file lists the sha256 of each (lines
+  ``<sha256>  <name>``; a one-file entry keeps the bare digest of earlier
+  versions, so their caches stay valid).  The renames go companion, checksum,
+  file: the file is the commit point, so a crash between them leaves no file,
+  which reads as a miss and is rebuilt, never a file whose companion is
+  missing or stale.  A corrupt entry is deleted in the opposite order (file
+  first).  A one-file build removes a companion an older build left.  A failed
+  build removes what it renamed before the failure.
 * **No leftovers.**  Temporary files are named ``.<key>.XXXXXXXX<suffix>`` (and
-  that name plus ``.sha256``); under an entry's lock nobody else can be
-  writing them, so any found there belong to a build that was killed
-  (SIGKILL, power loss) and are removed.
+  that name plus ``.sha256`` and ``.data``; onnx_ir writes the companion through
+  a directory ``..<key>.XXXXXXXX<suffix>.data.YYYY``); under an entry's lock
+  nobody else can be writing them, so any found there belong to a build that
+  was killed (SIGKILL, power loss) and are removed.
 
 Without ``fcntl`` (Windows) or where the filesystem refuses ``flock`` (some
 network mounts), entries are still written atomically and checksum first, so
@@ -41,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -63,11 +77,14 @@ STALE_UNLOCKED_SECONDS = 24 * 3600
 
 
 def weights_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes.  Hashed in place (no ``tobytes`` copy, which
+    doubled the memory of a weight while it was hashed); a tensor off the CPU is copied there one
+    at a time."""
     h = hashlib.sha256()
     for t in tensors:
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(flat.view(torch.uint8).numpy().tobytes())
+        h.update(flat.view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
@@ -85,6 +102,26 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def companion(path: Path) -> Path:
+    """The file a build may write beside ``path`` that belongs to the same entry (an ONNX file's
+    external data): ``path`` plus ``.data``, for a temporary file as for a cached one."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+# temporary file being built (absolute path) -> the path it will have in the cache
+_building: Dict[str, Path] = {}
+_building_guard = threading.Lock()
+
+
+def building_target(path: Path) -> Path:
+    """The path the file being built at ``path`` will have once renamed into the cache; ``path``
+    itself for a file the cache is not building.  A build that writes a companion records it
+    under its final name, ``companion(building_target(path)).name``."""
+    with _building_guard:
+        return _building.get(os.path.abspath(path), Path(path))
 
 
 _thread_locks: Dict[str, threading.Lock] = {}
@@ -122,18 +159,46 @@ def entry_lock(path: Path) -> Iterator[bool]:
 
 
 def _digest_matches(target: Path, checksum: Path) -> bool:
-    """Whether ``target`` is there with the checksum written for it.
+    """Whether ``target`` (and its companion, when the checksum lists one) is there with the
+    checksum written for it.
 
     Races with a writer read as a mismatch (never as a match), e.g. a file deleted between
     the two reads; callers re-check under the entry lock before acting on a mismatch."""
     try:
-        return checksum.read_text().strip() == file_digest(target)
+        listed = _read_checksum(target, checksum)
+        return listed is not None and all(file_digest(target.with_name(name)) == digest
+                                          for name, digest in listed.items())
     except FileNotFoundError:
         return False
 
 
+def _read_checksum(target: Path, checksum: Path) -> Optional[Dict[str, str]]:
+    """File name -> sha256 of the entry ``target``, from its checksum file; None if malformed.
+
+    A bare digest (one-file entries) is ``target``'s; else lines ``<sha256>  <name>``, which
+    must name ``target`` and may name its companion, nothing else."""
+    text = checksum.read_text().split()
+    if len(text) == 1:
+        return {target.name: text[0]}
+    if len(text) % 2 or not text:
+        return None
+    listed = dict(zip(text[1::2], text[0::2]))
+    if target.name not in listed or not set(listed) <= {target.name, companion(target).name}:
+        return None
+    return listed
+
+
+def _checksum_text(files: List[Tuple[Path, str]]) -> str:
+    """The checksum file of an entry: ``files`` are (file now, its name in the cache), the entry's
+    file first.  One file: its bare digest (the format of one-file entries since the start)."""
+    if len(files) == 1:
+        return file_digest(files[0][0]) + "\n"
+    return "".join(f"{file_digest(now)}  {name}\n" for now, name in files)
+
+
 class EngineCache:
-    """One directory of ``<key><suffix>`` files, each beside a ``.sha256`` and a ``.lock``."""
+    """One directory of ``<key><suffix>`` files, each beside a ``.sha256`` and a ``.lock`` (and,
+    for files with external weights, a ``<key><suffix>.data``)."""
 
     def __init__(self, directory: Optional[str]):
         self.directory = Path(directory) if directory else DEFAULT_DIR
@@ -183,8 +248,9 @@ class EngineCache:
                 event = self._record("corrupt", target)
                 warnings.warn(f"speca: engine cache file {target} does not match its checksum; "
                               "it was deleted and is being rebuilt", RuntimeWarning, stacklevel=3)
-                target.unlink(missing_ok=True)   # data first: a checksum alone reads as a miss
+                target.unlink(missing_ok=True)   # the file first: what is left reads as a miss
                 checksum.unlink(missing_ok=True)
+                companion(target).unlink(missing_ok=True)
             else:
                 event = self._record("miss", target)
             self._build(key, suffix, build)
@@ -204,18 +270,36 @@ class EngineCache:
         return target
 
     def _build(self, key: str, suffix: str, build: Callable[[Path], None]) -> None:
-        """Build into a temporary file, then rename its checksum and then the data into place."""
+        """Build into a temporary file (and maybe its companion), then rename the companion, the
+        checksum and last the file into place (called under the lock, the entry's file absent)."""
         target = self.path(key, suffix)
+        checksum = self._checksum(target)
         tmp = self._temp(key, suffix)
+        tmp_data = companion(tmp)
         tmp_checksum = tmp.with_name(tmp.name + ".sha256")
+        renamed: List[Path] = []   # the entry's files already in place, removed if the build fails
+        committed = False
+        with _building_guard:
+            _building[os.path.abspath(tmp)] = target
         try:
             build(tmp)
-            tmp_checksum.write_text(file_digest(tmp) + "\n")
-            os.replace(tmp_checksum, self._checksum(target))
+            with_data = tmp_data.exists()
+            files = [(tmp, target.name)] + ([(tmp_data, companion(target).name)] if with_data else [])
+            tmp_checksum.write_text(_checksum_text(files))
+            if with_data:
+                renamed.append(companion(target))
+                os.replace(tmp_data, companion(target))
+            else:   # an older build's weights, which this file does not read
+                companion(target).unlink(missing_ok=True)
+            renamed.append(checksum)
+            os.replace(tmp_checksum, checksum)
             os.replace(tmp, target)
+            committed = True
         finally:
-            tmp.unlink(missing_ok=True)
-            tmp_checksum.unlink(missing_ok=True)
+            with _building_guard:
+                _building.pop(os.path.abspath(tmp), None)
+            for leftover in (tmp, tmp_data, tmp_checksum) + (() if committed else tuple(renamed)):
+                leftover.unlink(missing_ok=True)
 
     def _temp(self, key: str, suffix: str) -> Path:
         # the naming is what _remove_stale_temps matches: keep them together
@@ -225,13 +309,18 @@ class EngineCache:
 
     def _remove_stale_temps(self, key: str, suffix: str, exclusive: bool) -> None:
         """Delete the temporary files of ``key`` that a killed build left (called under the lock:
-        with ``exclusive`` no live process can own them; without it only day-old ones go)."""
+        with ``exclusive`` no live process can own them; without it only day-old ones go): the
+        file, its ``.sha256`` and ``.data``, and onnx_ir's directory for writing the ``.data``."""
         now = time.time()
-        for pattern in (f".{key}.*{suffix}", f".{key}.*{suffix}.sha256"):
+        for pattern in (f".{key}.*{suffix}", f".{key}.*{suffix}.sha256", f".{key}.*{suffix}.data",
+                        f"..{key}.*{suffix}.data.*"):
             for leftover in self.directory.glob(pattern):
                 try:
                     if exclusive or now - leftover.stat().st_mtime > STALE_UNLOCKED_SECONDS:
-                        leftover.unlink()
+                        if leftover.is_dir() and not leftover.is_symlink():
+                            shutil.rmtree(leftover, ignore_errors=True)
+                        else:
+                            leftover.unlink()
                 except FileNotFoundError:
                     pass
 

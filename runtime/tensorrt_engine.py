@@ -5,7 +5,11 @@ runs), then, per segment:
 
 * ``trt.OnnxParser`` into a strongly typed network: precision comes from the
   ONNX graph itself, which is what TensorRT 11 requires (it dropped the
-  FP16/BF16 builder flags) and TensorRT 10 supports;
+  FP16/BF16 builder flags) and TensorRT 10 supports.  The parser reads the
+  cached file with ``parse_from_file`` (never ``parse(bytes)``), which resolves
+  external data relative to the file: a segment over 1.5 GiB keeps its weights
+  in ``<key>.onnx.data`` beside it (``onnx_files``), which the cache verified
+  with the file;
 * one optimization profile covering the dynamic axes: from 1 to twice the
   largest size seen so far (a larger input rebuilds once with a wider range);
 * ``build_serialized_network``, the plan stored in the engine cache beside

@@ -100,8 +100,10 @@ def inspect_bundle(path) -> str:
              "  speculation: " + ("on" if m.reason is None else f"off ({m.reason})") + "; "
              + ", ".join(f"{k}={v}" for k, v in m.settings.items())]
     for seg in m.segments:
-        size = (Path(path) / seg.file).stat().st_size if (Path(path) / seg.file).exists() else 0
-        lines.append(f"  segment {seg.name:<34} {seg.file:<40} {size / 1024:8.1f} KB")
+        size = sum((Path(path) / f).stat().st_size for f in (seg.file, seg.data)
+                   if f is not None and (Path(path) / f).exists())
+        data = f" (+ {seg.data})" if seg.data is not None else ""
+        lines.append(f"  segment {seg.name:<34} {seg.file:<40} {size / 1024:8.1f} KB{data}")
     return "\n".join(lines)
 
 

@@ -4,10 +4,13 @@ The model is compiled with the ONNX Runtime lowering and called on the
 example inputs until every segment the runtime runs has an engine: the first
 step of a trajectory is a full one (prologue, block stack, epilogue), the
 verify block's engine is built by the first speculative step.  The bundle
-holds those segments only.  The bundle is written to a temporary directory beside
-the target and renamed into place at the end: an interrupted export leaves
-the target as it was, and an existing bundle is replaced only with
-``overwrite=True``.
+holds those segments only: one ONNX file each, and beside a file whose
+weights are over 1.5 GiB its external data (``NN_name.onnx.data``, recorded
+so in the graph and as the segment's ``data`` in the manifest, with its
+sha256 in ``files``: see ``runtime/onnx_files``).  The bundle is written to a
+temporary directory beside the target and renamed into place at the end: an
+interrupted export leaves the target as it was, and an existing bundle is
+replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from speca_compile.options import Options
 from speca_compile.passes.partition import ValueRef
 from speca_compile.registry import runners_for
 from speca_compile.runtime.engine_cache import file_digest
+from speca_compile.runtime.onnx_files import copy_onnx
 
 MANIFEST = "manifest.json"
 EXAMPLE_INPUTS = "example_inputs.pt"
@@ -138,10 +142,11 @@ def _segment(index: int, segment, engine, bundle: Path) -> mf.SegmentDecl:
                           "in scalar inputs that changed between calls); bundles hold one per segment")
     variant = next(iter(variants.values()))
     file = f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', segment.name)}.onnx"
-    shutil.copyfile(engine.info["file"], bundle / file)
+    # the cache is the export's own (removed at the end): its files may be linked, not copied
+    data = copy_onnx(engine.info["file"], bundle / file, link=True)
     return mf.SegmentDecl(segment.name, file, tuple(segment.inputs), tuple(segment.outputs),
                           tuple(variant.io.tensor_inputs), tuple(variant.input_names),
-                          tuple(variant.io.tensor_outputs))
+                          tuple(variant.io.tensor_outputs), data.name if data is not None else None)
 
 
 def _output_names(tree) -> Tuple[str, ...]:

@@ -1,9 +1,9 @@
 """``speca_compile.load``: run a bundle from its manifest alone, without the model's code or weights.
 
 Everything is checked before anything runs: the manifest's schema and
-fields, that the directory holds exactly the listed files, and every file's
-sha256.  Each call is then checked against the declared inputs (names,
-dtypes, ranks, fixed sizes).  The runner, the feature cache and the
+fields, that the directory holds exactly the listed files (a segment's
+external data file included), and every file's sha256.  Each call is then
+checked against the declared inputs (names, dtypes, ranks, fixed sizes).  The runner, the feature cache and the
 speculation policy are the same objects the compiled model uses; the
 segments are ONNX Runtime sessions over the bundle's files.
 """
@@ -51,7 +51,8 @@ def verify_files(path, manifest: mf.Manifest) -> None:
     present = {p.name for p in folder.iterdir()} - {MANIFEST}
     missing = sorted(set(manifest.files) - present)
     if missing:
-        raise BundleError(f"{folder}: missing file(s) {', '.join(missing)} listed in {MANIFEST}")
+        raise BundleError(f"{folder}: missing file(s) {', '.join(_named(manifest, n) for n in missing)} "
+                          f"listed in {MANIFEST}")
     extra = sorted(present - set(manifest.files))
     if extra:
         raise BundleError(f"{folder}: unexpected file(s) {', '.join(extra)} not listed in {MANIFEST}")
@@ -59,7 +60,19 @@ def verify_files(path, manifest: mf.Manifest) -> None:
         actual = file_digest(folder / name)
         if actual != expected:
             raise BundleError(f"{folder / name}: sha256 {actual[:16]}... does not match the manifest's "
-                              f"{expected[:16]}... (the file changed after export)")
+                              f"{expected[:16]}... (the file changed after export)"
+                              + (f"; it is {_data_of(manifest, name)}" if _data_of(manifest, name) else ""))
+
+
+def _data_of(manifest: mf.Manifest, name: str) -> str:
+    """``name`` as "the external data of segment ..." if it is one, else ""."""
+    owner = next((d.name for d in manifest.segments if d.data == name), None)
+    return f"the external data of segment {owner!r}" if owner is not None else ""
+
+
+def _named(manifest: mf.Manifest, name: str) -> str:
+    role = _data_of(manifest, name)
+    return f"{name} ({role})" if role else name
 
 
 def load(path, lowering: str = "onnxruntime", device: str = "cpu") -> "BundleModel":

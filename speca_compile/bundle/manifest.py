@@ -15,6 +15,8 @@ from speca_compile.passes.partition import unit_segment_name
 
 FORMAT = "speca-bundle"
 SCHEMA_VERSION = 2   # 2: only the segments the runtime runs, and the fused block stack
+# (a segment's optional ``data``, its external weights, came within version 2: older readers load
+# such bundles too, the data file being listed in ``files`` and read by ONNX Runtime beside its graph)
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 PLACEHOLDER_KINDS = ("input", "dim", "module")
 SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta", "warmup", "min_speculative",
@@ -47,6 +49,7 @@ class SegmentDecl:
     tensor_inputs: Tuple[int, ...]            # positions of ``inputs`` the ONNX graph takes
     onnx_inputs: Tuple[str, ...]              # their names in the ONNX graph
     tensor_outputs: Tuple[int, ...]           # positions of ``outputs`` the ONNX graph gives
+    data: Optional[str] = None                # the ONNX file's external data (weights over 1.5 GiB), beside it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,4 +230,11 @@ def _segment(value, where: str, files) -> SegmentDecl:
         raise BundleError(f"manifest.json: {where} names {len(names)} ONNX inputs for {len(tin)} tensor inputs")
     tout = tuple(_index(v, f"{where}.tensor_outputs", len(outputs))
                  for v in _list_of(obj.get("tensor_outputs"), f"{where}.tensor_outputs"))
-    return SegmentDecl(_str(obj.get("name"), f"{where}.name"), file, inputs, outputs, tin, names, tout)
+    data = obj.get("data")   # absent in bundles without external data, and in older ones
+    if data is not None:
+        data = _str(data, f"{where}.data")
+        if data not in files:
+            raise BundleError(f"manifest.json: {where}.data {data!r} has no checksum in 'files'")
+        if data == file:
+            raise BundleError(f"manifest.json: {where}.data is its ONNX file {file!r}")
+    return SegmentDecl(_str(obj.get("name"), f"{where}.name"), file, inputs, outputs, tin, names, tout, data)
