@@ -24,6 +24,7 @@ a trajectory runs one step at a time under its own, and engines build once.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,7 @@ from speca_compile.options import Options
 from speca_compile.passes.partition import SpeculativeProgram, ValueRef
 from speca_compile.runtime import generation as generations
 from speca_compile.runtime.batch_view import BatchView, Env, merge, take_rows
+from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
@@ -61,6 +63,7 @@ class Runner:
         self.notes = tuple(notes)
         self.inputs = CallInputs(program, batch_inputs, timestep_index)
         self.router = Router()
+        self.calibration = Calibration(options.tau0)
         self.calls = 0
         self.unplaced: List[Dict] = []
         self.unplaced_count = 0
@@ -131,28 +134,49 @@ class Runner:
     def _step(self, args, traj: Trajectory, times: torch.Tensor):
         batch = len(times)
         scaled = times / traj.t_scale
-        plan = StepPlan(traj.policy.decide(),
-                        threshold(self.options.tau0, self.options.beta, float(times[0]), traj.t_first),
-                        self.options.on_reject)
+        tau0 = self.calibration.tau0()   # None: tau0="auto" before the first checks measured it
+        tau = math.inf if tau0 is None else threshold(tau0, self.options.beta, float(times[0]), traj.t_first)
+        horizons = [n + 1 for n in traj.policy.since_full]
+        plan = StepPlan(traj.policy.decide(tau), tau, self.options.on_reject)
         pieces: List[Tuple[BatchView, Env]] = []
-        errors: Sequence[float] = ()
-        if plan.speculative:
-            view = self._view(args, plan.speculative, batch)
-            env, errors, used = self._speculate(view, traj, plan.checked, scaled)
+        errors: Dict[int, float] = {}
+        used_by_view = []
+        for rows, checked in self._speculative_groups(plan):
+            view = self._view(args, rows, batch)
+            env, view_errors, used = self._speculate(view, traj, checked, scaled)
             pieces.append((view, env))
-        plan.judge(errors)
-        if plan.speculative and traj.cache.recursive:
-            kept = torch.tensor(plan.kept(), dtype=torch.long)
-            if len(kept):
-                index = view.rows[kept]
-                traj.cache.observe(index, scaled[index],
-                                   {c: tuple(take_rows(v, kept) for v in values) for c, values in used.items()})
+            errors.update(zip(rows, (float(e) for e in view_errors)))
+            used_by_view.append((view, used))
+        plan.judge([errors[s] for s in plan.speculative], traj.policy.accepts)
+        if traj.cache.recursive:
+            for view, used in used_by_view:
+                kept = torch.tensor([j for j, s in enumerate(view.rows.tolist())
+                                     if plan.outcomes[s] is not Outcome.REJECTED], dtype=torch.long)
+                if len(kept):
+                    index = view.rows[kept]
+                    traj.cache.observe(index, scaled[index],
+                                       {c: tuple(take_rows(v, kept) for v in values) for c, values in used.items()})
         # samples due a full step and rejected ones share one full run
         recompute = plan.recompute()
         if recompute:
             pieces.append(self._full_and_cache(self._view(args, recompute, batch), traj, scaled))
         self._log(traj, StepRecord(float(times[0]), plan.tau, plan.outcomes, plan.errors))
+        if tau0 is None:
+            self.calibration.observe(traj.number, plan.errors, horizons)
         return self._structure(merge(pieces, self._leaves, batch))
+
+    def _speculative_groups(self, plan: StepPlan) -> List[Tuple[List[int], List[bool]]]:
+        """The speculative samples as the views that run them, with each sample's check flag.
+        Where a view can be a true sub-batch, the samples due a check and the unchecked ones
+        run as two views, so the verify block computes only the checked rows (the prologue and
+        epilogue, a small share of a step, run twice); else one view of them all."""
+        if not plan.speculative:
+            return []
+        checked = [s for s, c in zip(plan.speculative, plan.checked) if c]
+        unchecked = [s for s, c in zip(plan.speculative, plan.checked) if not c]
+        if not checked or not unchecked or self.batch_inputs is None:
+            return [(plan.speculative, plan.checked)]
+        return [(checked, [True] * len(checked)), (unchecked, [False] * len(unchecked))]
 
     # ------------------------------------------------------------- full path
     def _full_and_cache(self, view: BatchView, traj, scaled) -> Tuple[BatchView, Env]:
@@ -237,6 +261,8 @@ class Runner:
             "reason": self.reason,
             "blocks": list(self.program.plan.units),
             "verify_block": self.verify_unit,
+            # the threshold scale in use: the option, or what tau0="auto" calibrated (None: not yet)
+            "threshold": self.calibration.summary(),
             "lowering": self.options.lowering,
             "calls": self.calls,
             "notes": list(self.notes) + ([] if self.inputs.latent_index is not None else [

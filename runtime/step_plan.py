@@ -2,14 +2,14 @@
 
 The policy decides per sample (FULL, SPEC, CHECK); the plan groups the
 samples into the speculative sub-batch (with the flags of those due a
-check) and the full one, judges each checked sample's error against the
-threshold, and adds rejected samples to the full run (``on_reject=
-"recompute"``).  It holds no tensors and runs nothing: the runner executes it.
+check) and the full one, has the policy judge each checked sample's error
+(against the step's threshold, or its run's budget), and adds rejected
+samples to the full run (``on_reject="recompute"``).  It holds no tensors and runs nothing: the runner executes it.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from speca_compile.runtime.policy import Decision, Outcome
 
@@ -25,19 +25,20 @@ class StepPlan:
         self.outcomes: List[Optional[Outcome]] = [None] * len(decisions)
         self.errors: List[Optional[float]] = [None] * len(decisions)
 
-    def judge(self, errors: Sequence[float]) -> None:
+    def judge(self, errors: Sequence[float], accepts: Callable[[int, float, float], bool]) -> None:
         """Record the speculative samples' outcomes; ``errors`` has one value per speculative
-        sample (read only where it was checked)."""
+        sample (read only where it was checked), ``accepts(sample, error, tau)`` is the policy's
+        verdict."""
         for j, s in enumerate(self.speculative):
             self.outcomes[s] = Outcome.SPEC
             if self.checked[j]:
                 self.errors[s] = float(errors[j])
-                self.outcomes[s] = self._verdict(self.errors[s])
+                self.outcomes[s] = self._verdict(accepts(s, self.errors[s], self.tau))
         for s in self.full:
             self.outcomes[s] = Outcome.FULL
 
-    def _verdict(self, error: float) -> Outcome:
-        if error <= self.tau:
+    def _verdict(self, accepted: bool) -> Outcome:
+        if accepted:
             return Outcome.ACCEPTED
         return Outcome.REJECTED if self.on_reject == "recompute" else Outcome.DEFERRED
 

@@ -15,7 +15,7 @@ import torch
 
 from speca_compile.options import Options
 from speca_compile.runtime.feature_cache import FeatureCache, FeatureGroup
-from speca_compile.runtime.policy import Outcome, SamplePolicy
+from speca_compile.runtime.policy import Outcome, make_policy
 
 
 @dataclasses.dataclass
@@ -39,8 +39,7 @@ class Trajectory:
         self.t_first = t_first
         self.t_scale = abs(t_first) if t_first != 0 else 1.0
         self.last_t: Optional[float] = None
-        self.policy = SamplePolicy(batch_size, options.warmup, options.min_speculative,
-                                   options.max_speculative)
+        self.policy = make_policy(options, batch_size)
         self.cache = FeatureCache(groups, options.forecaster, options.order, batch_size,
                                   options.hermite_sigma)
         self.steps: List[StepRecord] = []
@@ -60,8 +59,8 @@ class Trajectory:
     def log(self, record: StepRecord) -> None:
         self.steps.append(record)
         self.last_t = record.timestep
-        for sample, outcome in enumerate(record.outcomes):
-            self.policy.record(sample, outcome)
+        for sample, (outcome, error) in enumerate(zip(record.outcomes, record.errors)):
+            self.policy.record(sample, outcome, error)
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes())
 
     def progress(self) -> Dict:

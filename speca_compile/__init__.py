@@ -92,6 +92,9 @@ def stats(model) -> Dict:
         "blocks": last["blocks"],
         "verify_block": last["verify_block"],
         "lowering": last["lowering"],
+        # the threshold scale of each graph: the tau0 option, or what tau0="auto" calibrated
+        "threshold": last["threshold"],
+        "thresholds": [g["threshold"] for g in per_graph],
         "calls": sum(g["calls"] for g in per_graph),
         "trajectories": trajectories,
         "last_call": _last_call(trajectories),

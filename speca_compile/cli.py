@@ -14,8 +14,8 @@ from speca_compile import schedulers, zoo
 from speca_compile.options import Options
 from speca_compile.bench.suite import REFERENCE
 
-QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (0.1,), "inductor": False,
-         "peers": False}
+QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (Options.tau0,), "acceptances": ("budget",),
+         "inductor": False, "peers": False}
 LOWERINGS = ("eager", "onnxruntime")          # the default rows
 EXTRA_LOWERINGS = ("inductor",)                # on request: compiles per sub-batch size
 
@@ -33,7 +33,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument("out", help="the bundle directory to write")
     export.add_argument("--batch", type=int, default=3,
                         help="example batch size (images); avoid sizes equal to other axes (Dynamo ties them)")
-    export.add_argument("--tau0", type=float, default=0.1)
+    export.add_argument("--tau0", type=_tau0_value, default=Options.tau0, help="a number, or 'auto'")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
     run = sub.add_parser("run", help="sample with a bundle (its example conditioning, fresh noise)")
@@ -50,14 +50,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--images", type=int, default=50, help="images per method (same seeds for all)")
     bench.add_argument("--batch", type=int, default=25, help="images per sampler call")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept")
-    bench.add_argument("--tau0", default="0.02,0.05,0.1,0.2,0.4", help="comma-separated thresholds, one row each")
+    bench.add_argument("--tau0", default="",
+                       help="comma-separated thresholds (numbers or 'auto'), one row each; default: each "
+                            "policy's own list (budget: 0.1,0.2,0.3,0.4,0.6,auto; step: 0.02,0.05,0.1,0.2,0.4)")
+    bench.add_argument("--acceptance", default="budget,step",
+                       help="comma-separated speculation policies, rows for each: budget (the default: a run's "
+                            "errors share the threshold), step (SpeCa's per-step rule with its former settings)")
     bench.add_argument("--lowerings", default=",".join(LOWERINGS),
                        help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS + EXTRA_LOWERINGS)}")
     bench.add_argument("--forecasters", default=Options.forecaster,
                        help="comma-separated, speca rows for each: taylor, hermite, foca")
     bench.add_argument("--orders", default=str(Options.order), help="comma-separated forecast orders, speca rows for each")
-    bench.add_argument("--max-speculative", default=str(Options.max_speculative),
-                       help="comma-separated, speca rows for each: most forecast steps in a row")
+    bench.add_argument("--max-speculative", default="",
+                       help="comma-separated, speca rows for each: most forecast steps in a row "
+                            "(default: each policy's own)")
     bench.add_argument("--schedulers", default="",
                        help="comma-separated diffusers schedulers, or 'all': every speca row's settings again, "
                             "sampled with each scheduler that fits the model (epsilon: "
@@ -157,7 +163,32 @@ def _parse_schedulers(text: str, models: List[str]) -> tuple:
 
 
 def _parse_taus(text: str) -> tuple:
-    return _parse_list("--tau0", text, float, 0, "numbers")
+    """Thresholds: numbers >= 0 or "auto"; empty: each policy's own list."""
+    if not text.strip():
+        return ()
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    numbers = ",".join(v for v in values if v != "auto")
+    parsed = iter(_parse_list("--tau0", numbers, float, 0, "numbers or 'auto'") if numbers else ())
+    return tuple("auto" if v == "auto" else next(parsed) for v in values)
+
+
+def _tau0_value(text: str):
+    """``--tau0`` of ``speca export``: a number or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number or 'auto', got {text!r}") from None
+
+
+def _parse_acceptances(text: str) -> tuple:
+    from speca_compile.options import ACCEPTANCES
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or any(v not in ACCEPTANCES for v in values):
+        raise SystemExit(f"speca bench: --acceptance got {text!r}; valid: {', '.join(ACCEPTANCES)}")
+    return values
 
 
 def _parse_ints(flag: str, text: str) -> tuple:
@@ -233,11 +264,13 @@ def _bench(args, argv: List[str]) -> int:
     forecasters = tuple(v.strip() for v in args.forecasters.split(",") if v.strip())
     if not forecasters or any(v not in FORECASTERS for v in forecasters):
         raise SystemExit(f"speca bench: --forecasters got {args.forecasters!r}; valid: {', '.join(FORECASTERS)}")
-    longest = _parse_ints("--max-speculative", args.max_speculative)
+    longest = _parse_ints("--max-speculative", args.max_speculative) if args.max_speculative.strip() else ()
     orders = _parse_ints("--orders", args.orders)
     models = _parse_models(args.models)
     if args.scheduler_steps is not None and args.scheduler_steps < 1:
         raise SystemExit("speca bench: --scheduler-steps must be >= 1")
+    if not args.quick:
+        settings["acceptances"] = _parse_acceptances(args.acceptance)
     config = BenchConfig(models=models, lowerings=lowerings, forecasters=forecasters,
                          orders=orders, max_speculatives=longest, device=_parse_device(args.device),
                          schedulers=_parse_schedulers(args.schedulers, models),

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 from speca_compile.errors import OptionsError
 
 FORECASTERS = ("taylor", "hermite", "foca")
 ERROR_METRICS = ("rel_l2", "rel_l1")
 ON_REJECT = ("recompute", "defer")
+ACCEPTANCES = ("budget", "step")
 ON_LOWERING_ERROR = ("raise", "eager")
 LOWERINGS = ("auto", "eager", "onnxruntime", "inductor", "tensorrt")
 PLANNED_LOWERINGS = ()
@@ -29,10 +30,14 @@ HALF_PRECISION_LOWERINGS = ("onnxruntime", "tensorrt")   # fp16 is set in their 
 class Options:
     """Validated settings of one compiled model.
 
-    Defaults follow the official SpeCa DiT setting (min/max speculative)
-    with a gentler threshold decay (``beta``): the official ``beta=0.01``
-    makes the last steps nearly always full (DESIGN.md, facts measured
-    here).  Forecaster and order were chosen by measurement on both trained
+    The policy defaults are the budget policy's (``runtime/budget_policy.py``),
+    chosen by measurement on both trained reference models (README
+    "Speculation policy"): a run's errors share ``tau0``, no unchecked
+    forecasts are forced (``min_speculative=0``), and ``max_speculative`` is
+    only a safety cap above the longest runs measured.  ``acceptance="step"``
+    with ``tau0=0.1, min_speculative=2, max_speculative=5`` is the official
+    SpeCa DiT rule, with a gentler threshold decay (``beta``): the official
+    ``beta=0.01`` makes the last steps nearly always full (DESIGN.md).  Forecaster and order were chosen by measurement on both trained
     reference models (README "Forecasters"): HiCache's Hermite basis at
     order 1 won the Pareto comparison; the official order 2 collapsed on the
     DiT model at long forecast runs.
@@ -42,11 +47,17 @@ class Options:
     forecaster: str = "hermite"
     order: int = 1
     hermite_sigma: float = 0.5      # HiCache's scale (forecaster="hermite")
-    tau0: float = 0.1
+    # a number, or "auto": calibrated from the first trajectory's errors (runtime/calibration.py)
+    tau0: Union[float, str] = 0.2
     beta: float = 0.3
     warmup: int = 3
-    min_speculative: int = 2
-    max_speculative: int = 5
+    min_speculative: int = 0
+    max_speculative: int = 20
+    # "budget": a run's errors since its last full step share tau, checks spaced by the evidence
+    # (runtime/budget_policy.py); "step": each checked step's own error against tau (SpeCa's rule)
+    acceptance: str = "budget"
+    check_margin: float = 0.5       # budget: unchecked while the estimate stays under this share of tau
+    max_check_gap: int = 5          # budget: at most this many steps between checks
     verify_block: int = -1
     error_metric: str = "rel_l2"
     on_reject: str = "recompute"
@@ -100,7 +111,8 @@ class Options:
         _check_choice("forecaster", self.forecaster, FORECASTERS)
         _check_int("order", self.order, 0, 8)
         _check_real("hermite_sigma", self.hermite_sigma, 0.0, 10.0, low_open=True)
-        _check_real("tau0", self.tau0, 0.0, math.inf)
+        if self.tau0 != "auto":
+            _check_real("tau0", self.tau0, 0.0, math.inf)
         _check_real("beta", self.beta, 0.0, 1.0, low_open=True)
         _check_int("warmup", self.warmup, 1, None)
         _check_int("min_speculative", self.min_speculative, 0, None)
@@ -110,6 +122,9 @@ class Options:
                 f"min_speculative ({self.min_speculative}) must not exceed "
                 f"max_speculative ({self.max_speculative})"
             )
+        _check_choice("acceptance", self.acceptance, ACCEPTANCES)
+        _check_real("check_margin", self.check_margin, 0.0, 1.0, low_open=True)
+        _check_int("max_check_gap", self.max_check_gap, 1, None)
         _check_type("verify_block", self.verify_block, int)
         _check_choice("error_metric", self.error_metric, ERROR_METRICS)
         _check_choice("on_reject", self.on_reject, ON_REJECT)

@@ -9,7 +9,7 @@ from speca_compile.bench.suite import BenchConfig, bench_model, load_model
 
 def test_reference_model_rows_carry_quality_compute_and_memory():
     config = BenchConfig(models=("dit_digits",), steps=8, images=4, batch=2, repeats=1, taus=(1e30,),
-                         lowerings=("eager",), inductor=False, peers=False)
+                         acceptances=("budget",), lowerings=("eager",), inductor=False, peers=False)
     rows = {r.method: r for r in bench_model(load_model("dit_digits"), config)}
     eager, full, spec = rows["eager"], rows["speca[eager] full (speculate=False)"], rows["speca[eager] tau0=1e+30"]
     assert math.isinf(eager.psnr_db) and eager.ssim > 0.9999 and eager.flops_fraction == 1.0
@@ -35,23 +35,32 @@ def test_peer_caches_run_on_flux_and_are_counted():
     assert min(r.flops_fraction for r in rows if not r.family.startswith(("eager", "speca"))) < 1.0
 
 
-def test_speca_rows_for_each_forecaster_order_and_max_speculative():
+def test_speca_rows_for_each_policy_forecaster_order_and_max_speculative():
     import torch
 
-    from speca_compile.bench.methods import build_methods
+    from speca_compile.bench.methods import POLICY_TAUS, STEP_POLICY, build_methods
 
     config = BenchConfig(models=("dit",), taus=(0.1,), lowerings=("eager",), forecasters=("hermite", "foca"),
                          orders=(1, 2), max_speculatives=(5, 10), inductor=False, peers=False)
     ref = load_model("dit")
     methods = build_methods(ref, config, torch.zeros(1), {})
     spec = {m.name: m for m in methods if m.family.startswith("speca") and m.options.get("speculate", True)}
-    assert len(spec) == 2 * 2 * 2
+    assert len(spec) == 2 * 2 * 2 * 2      # both policies
     row = spec["speca[eager] tau0=0.1 foca order=2 max_spec=10"]     # names list what differs from the defaults
-    assert row.options == {"tau0": 0.1, "lowering": "eager", "forecaster": "foca", "order": 2,
-                           "max_speculative": 10}
+    assert row.options == {"acceptance": "budget", "tau0": 0.1, "lowering": "eager", "forecaster": "foca",
+                           "order": 2, "max_speculative": 10}
     assert row.family == "speca[eager] foca order=2 max_spec=10"      # its own Pareto curve
-    default = spec["speca[eager] tau0=0.1"].options
-    assert (default["forecaster"], default["order"], default["max_speculative"]) == ("hermite", 1, 5)
+    step = spec["speca[eager] tau0=0.1 step max_spec=10"]
+    assert step.options == {**STEP_POLICY, "tau0": 0.1, "lowering": "eager", "forecaster": "hermite", "order": 1,
+                            "max_speculative": 10}
+    assert step.family == "speca[eager] step max_spec=10"
+    # without --tau0 / --max-speculative each policy brings its own thresholds and cap
+    config = BenchConfig(models=("dit",), lowerings=("eager",), inductor=False, peers=False)
+    names = [m.name for m in build_methods(ref, config, torch.zeros(1), {})]
+    assert names[2:] == ([f"speca[eager] tau0={t}" for t in POLICY_TAUS["budget"]]
+                         + [f"speca[eager] tau0={t} step" for t in POLICY_TAUS["step"]])
+    default = next(m for m in methods if m.name == "speca[eager] tau0=0.1 max_spec=5").options
+    assert (default["forecaster"], default["order"], default["acceptance"]) == ("hermite", 1, "budget")
 
 
 def test_the_bench_pins_glibc_malloc_thresholds():

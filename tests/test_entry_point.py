@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent("""
     assert not any(m.startswith("speca_compile") for m in sys.modules), "imported too early"
     torch.manual_seed(0)
     model = PolyDiT().eval()
-    compiled = torch.compile(model, backend="speca", options={"warmup": 2, "lowering": "eager"})
+    compiled = torch.compile(model, backend="speca", options={"warmup": 2, "lowering": "eager", "acceptance": "step",
+                                                         "min_speculative": 2})
     x = torch.randn(2, 4, 8)
     with torch.no_grad():
         for t in (0.9, 0.7, 0.5, 0.3):

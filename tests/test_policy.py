@@ -1,22 +1,25 @@
-"""Decisions and counts of the policy, end to end: exact, so they are assertable."""
+"""Decisions and counts of SpeCa's per-step policy (``acceptance="step"``), end to end: exact, so
+they are assertable.  The budget policy's are in ``tests/test_budget_policy.py``."""
 
 import pytest
 import torch
 
 import speca_compile
 from speca_compile import sampling
-from speca_compile.runtime.policy import Decision, Outcome, SamplePolicy
+from speca_compile.runtime.policy import Decision, Outcome, StepPolicy
 from speca_compile.runtime.threshold import threshold
 from tests import helpers
 from tests.reference_dit import PolyDiT
 
 STEPS = 50
+# SpeCa's per-step rule with the settings it shipped with here (the former defaults)
+STEP_RULE = {"acceptance": "step", "min_speculative": 2, "max_speculative": 5}
 
 
 def run(options, name="reference_dit", batch=2, steps=STEPS):
     """Decisions are the subject, not a lowering: the segments run eagerly unless a test names one."""
     z = helpers.build(name)
-    compiled = torch.compile(z.model, backend="speca", options={"lowering": "eager", **options})
+    compiled = torch.compile(z.model, backend="speca", options={"lowering": "eager", **STEP_RULE, **options})
     out = helpers.trajectory(z, compiled, batch, steps, seed=4)
     return z, out, speca_compile.stats(compiled)["trajectories"][-1]
 
@@ -87,7 +90,7 @@ def test_taylor_forecast_is_exact_when_blocks_are_quadratic_in_t(verify_block):
     model = PolyDiT().eval()
     full = poly_trajectory(model)
     compiled = torch.compile(model, backend="speca",
-                             options={"forecaster": "taylor", "order": 2, "tau0": 1e-5,
+                             options={"forecaster": "taylor", "order": 2, "tau0": 1e-5, **STEP_RULE,
                                       "verify_block": verify_block, "lowering": "eager"})
     out = poly_trajectory(compiled)
     summary = speca_compile.stats(compiled)["trajectories"][-1]
@@ -102,20 +105,22 @@ def test_an_order_too_low_is_caught_by_verification():
     torch.manual_seed(0)
     model = PolyDiT().eval()
     compiled = torch.compile(model, backend="speca", options={"forecaster": "taylor", "order": 1, "tau0": 1e-5,
-                                                                "lowering": "eager"})
+                                                                **STEP_RULE, "lowering": "eager"})
     poly_trajectory(compiled)
     assert speca_compile.stats(compiled)["trajectories"][-1]["rejected"] > 0
 
 
-def test_sample_policy_alone():
-    policy = SamplePolicy(batch_size=2, warmup=1, min_speculative=1, max_speculative=2)
-    assert policy.decide() == [Decision.FULL, Decision.FULL]
+def test_step_policy_alone():
+    policy = StepPolicy(batch_size=2, warmup=1, min_speculative=1, max_speculative=2)
+    tau = 0.1
+    assert policy.decide(tau) == [Decision.FULL, Decision.FULL]
     for s in range(2):
         policy.record(s, Outcome.FULL)
-    assert policy.decide() == [Decision.SPEC, Decision.SPEC]
+    assert policy.decide(tau) == [Decision.SPEC, Decision.SPEC]
     policy.record(0, Outcome.SPEC)
     policy.record(1, Outcome.SPEC)
-    assert policy.decide() == [Decision.CHECK, Decision.CHECK]
-    policy.record(0, Outcome.ACCEPTED)
-    policy.record(1, Outcome.DEFERRED)
-    assert policy.decide() == [Decision.FULL, Decision.FULL]  # max reached / deferred
+    assert policy.decide(tau) == [Decision.CHECK, Decision.CHECK]
+    assert policy.accepts(0, 0.1, tau) and not policy.accepts(0, 0.11, tau)
+    policy.record(0, Outcome.ACCEPTED, 0.05)
+    policy.record(1, Outcome.DEFERRED, 0.2)
+    assert policy.decide(tau) == [Decision.FULL, Decision.FULL]  # max reached / deferred

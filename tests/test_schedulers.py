@@ -158,9 +158,11 @@ def test_make_scheduler_names_what_is_valid():
 
 
 def test_bench_writes_one_row_per_scheduler(tmp_path):
-    # tau0=1e30 never rejects, so the decisions are known: warmup 3, then at most 5 forecasts
+    # tau0=1e30 never rejects, so the decisions are known: warmup 3, then forecasts (the cap, 20, is
+    # beyond the run)
     code = cli.main(["bench", "--models", "dit_digits", "--schedulers", "ddim,heun", "--scheduler-steps", "6",
                      "--steps", "6", "--images", "2", "--batch", "2", "--repeats", "1", "--tau0", "1e30",
+                     "--acceptance", "budget",
                      "--lowerings", "eager", "--no-inductor", "--no-peers", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "bench.json").read_text())
@@ -168,8 +170,8 @@ def test_bench_writes_one_row_per_scheduler(tmp_path):
     rows = {r["method"]: r for r in payload["rows"]}
     ddim, heun = rows["ddim/6 speca[eager] tau0=1e+30"], rows["heun/6 speca[eager] tau0=1e+30"]
     assert (ddim["scheduler"], ddim["model_calls"], heun["scheduler"], heun["model_calls"]) == ("ddim", 6, "heun", 11)
-    assert ddim["full_fraction"] == 3 / 6                 # FFF SS A
-    assert heun["full_fraction"] == 4 / 11                # FFF SS AAA F SS: one trajectory
+    assert ddim["full_fraction"] == 3 / 6                 # FFF ASS
+    assert heun["full_fraction"] == 3 / 11                # FFF ASSASSAS: one trajectory
     # diffusers' DDIM is our DDIM loop: the same images as the main row of that setting
     main = rows["speca[eager] tau0=1e+30"]
     assert abs(ddim["psnr_db"] - main["psnr_db"]) < 0.1 and ddim["full_fraction"] == main["full_fraction"]

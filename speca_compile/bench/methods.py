@@ -179,20 +179,42 @@ def calibrate_mag_ratios(ref, noise, extra, steps: int) -> List[float]:
 DEFAULTS = Options()   # a row's name lists only the settings that differ from these
 
 
+# ``acceptance="step"`` rows run SpeCa's per-step rule with the settings it shipped with
+# (the defaults before the budget policy), so the bench compares today's policy with it
+STEP_POLICY = {"acceptance": "step", "warmup": 3, "min_speculative": 2, "max_speculative": 5}
+# each policy's thresholds when ``--tau0`` is not given: their scales differ (a budget sums
+# a run's errors; a step threshold bounds one)
+POLICY_TAUS = {"budget": (0.1, 0.2, 0.3, 0.4, 0.6, "auto"), "step": (0.02, 0.05, 0.1, 0.2, 0.4)}
+
+
+def speca_rows(config):
+    """(name suffix, options) of every speculative row of ``config``, in row order."""
+    rows = []
+    for acceptance in config.acceptances:
+        preset = STEP_POLICY if acceptance == "step" else {"acceptance": acceptance}
+        taus = config.taus or POLICY_TAUS[acceptance]
+        for forecaster, order, longest, tau in itertools.product(
+                config.forecasters, config.orders, config.max_speculatives or (None,), taus):
+            options = {**preset, "tau0": tau, "forecaster": forecaster, "order": order}
+            if longest is not None:
+                options["max_speculative"] = longest
+            variant = (("" if acceptance == DEFAULTS.acceptance else f" {acceptance}")
+                       + ("" if forecaster == DEFAULTS.forecaster else f" {forecaster}")
+                       + ("" if order == DEFAULTS.order else f" order={order}")
+                       + ("" if longest is None else f" max_spec={longest}"))
+            rows.append((f"tau0={tau:g}" if not isinstance(tau, str) else f"tau0={tau}", variant, options))
+    return rows
+
+
 def build_methods(ref, config, noise, extra) -> List[Method]:
     """Every row for ``ref`` under ``config`` (a BenchConfig)."""
     methods: List[Method] = [Eager("eager", ref.model)]
     for lowering in config.lowerings:
         methods.append(Speca(f"speca[{lowering}] full (speculate=False)", ref.model,
                              {"speculate": False, "lowering": lowering}))
-        for forecaster, order, longest, tau in itertools.product(
-                config.forecasters, config.orders, config.max_speculatives, config.taus):
-            suffix = (("" if forecaster == DEFAULTS.forecaster else f" {forecaster}")
-                      + ("" if order == DEFAULTS.order else f" order={order}")
-                      + ("" if longest == DEFAULTS.max_speculative else f" max_spec={longest}"))
-            methods.append(Speca(f"speca[{lowering}] tau0={tau:g}{suffix}", ref.model,
-                                 {"tau0": tau, "lowering": lowering, "forecaster": forecaster,
-                                  "order": order, "max_speculative": longest}, suffix))
+        for label, variant, options in speca_rows(config):
+            methods.append(Speca(f"speca[{lowering}] {label}{variant}", ref.model,
+                                 {**options, "lowering": lowering}, variant))
     if config.peers and supports_diffusers_hooks(ref.model):
         from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 

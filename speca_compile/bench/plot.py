@@ -67,7 +67,7 @@ def forecaster_fronts_png(rows: Sequence, path: Path) -> Path:
             ax.plot(xs, ys, marker="o", linewidth=2, label=forecaster)
             for x, y, r in points:
                 o = r.options
-                ax.annotate(f"o{o.get('order', 2)} m{o.get('max_speculative', 5)} t{o.get('tau0'):g}", (x, y),
+                ax.annotate(f"o{o.get('order', 2)} m{o.get('max_speculative', 5)} t{o.get('tau0')}", (x, y),
                             fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axvline(30, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{model}: each forecaster's Pareto front (o=order, m=max_speculative, t=tau0)",

@@ -45,11 +45,14 @@ class BenchConfig:
     images: int = 50
     batch: int = 25
     repeats: int = 3
-    taus: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4)
+    taus: Sequence = ()                        # numbers or "auto"; empty: each policy's own list
     lowerings: Sequence[str] = ("eager", "onnxruntime")
+    # speca rows for each: "budget" (the default policy) and "step" (SpeCa's per-step rule with
+    # its former settings; bench/methods.py STEP_POLICY)
+    acceptances: Sequence[str] = ("budget", "step")
     forecasters: Sequence[str] = (Options.forecaster,)        # rows for each; default: the default
     orders: Sequence[int] = (Options.order,)
-    max_speculatives: Sequence[int] = (Options.max_speculative,)
+    max_speculatives: Sequence[int] = ()       # empty: each policy's own
     inductor: bool = True
     peers: bool = True
     seed: int = 0
@@ -79,6 +82,7 @@ class Row:
     options: Optional[Dict] = None      # the speca options of the row (None for other methods)
     scheduler: Optional[str] = None     # the diffusers scheduler of a scheduler row (None: our own loop)
     model_calls: Optional[int] = None   # model calls per image of a scheduler row
+    tau0_used: Optional[float] = None   # the threshold scale a speca row ran with (what tau0="auto" chose)
 
 
 def load_model(name: str):
@@ -272,7 +276,8 @@ def _summary(method, chunks: int) -> Dict:
     if len(trajectories) < chunks:
         raise RuntimeError(f"bench row {method.name!r}: the speca runtime saw {len(trajectories)} of {chunks} "
                            "trajectories; Dynamo ran the model without the backend (recompile limit?)")
-    return {**_fractions(trajectories), "decisions": [t["decisions"] for t in trajectories]}
+    return {**_fractions(trajectories), "decisions": [t["decisions"] for t in trajectories],
+            "tau0_used": speca_compile.stats(method.module)["threshold"]["tau0"]}
 
 
 def _fractions(trajectories) -> Dict:
@@ -302,6 +307,7 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             cache_bytes=summaries[m.name].get("cache_bytes"),
             compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
             options=dict(m.options) if isinstance(m, methods_mod.Speca) else None,
+            tau0_used=summaries[m.name].get("tau0_used"),
         ))
     return rows
 

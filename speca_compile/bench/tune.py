@@ -13,7 +13,8 @@ from typing import List, Sequence
 from speca_compile.bench.suite import BenchConfig, Row, run_suite
 from speca_compile.options import Options
 
-TUNE = dict(steps=50, images=10, batch=10, repeats=1, taus=(0.05, 0.1, 0.2, 0.4), lowerings=("eager",),
+TUNE = dict(steps=50, images=10, batch=10, repeats=1, taus=(0.1, 0.2, 0.4, "auto"), acceptances=("budget",),
+            lowerings=("eager",),
             forecasters=("taylor", "hermite", "foca"), orders=(1, 2), inductor=False, peers=False)
 
 
@@ -35,7 +36,9 @@ def pareto_front(rows: Sequence[Row]) -> List[Row]:
 def describe(row: Row) -> str:
     o = row.options
     longest = o.get("max_speculative", Options.max_speculative)
-    return (f"forecaster={o['forecaster']!r}, order={o['order']}, tau0={o['tau0']:g}"
+    tau = (f"tau0={o['tau0']:g}" if o["tau0"] != "auto"
+           else f"tau0='auto' (calibrated to {row.tau0_used:.3g})" if row.tau0_used is not None else "tau0='auto'")
+    return (f"forecaster={o['forecaster']!r}, order={o['order']}, {tau}"
             + ("" if longest == Options.max_speculative else f", max_speculative={longest}"))
 
 

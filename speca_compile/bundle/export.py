@@ -123,7 +123,7 @@ def describe(runner, bundle: Path, positions: Optional[Dict[str, int]] = None) -
     for name in outputs + tuple(handled):
         if name not in tensor_names:
             raise BundleError(f"export: {name!r} (an output or cut value) is not a tensor an engine computes")
-    settings = {k: getattr(runner.options, k) for k in mf.SETTINGS}
+    settings = {k: getattr(runner.options, k) for k in mf.SETTINGS + tuple(mf.LATER_SETTINGS)}
     return mf.Manifest(tuple(inputs.values()), tuple(placeholders), segments, program.cuts,
                        tuple(program.plan.units), program.stack.name if program.stack is not None else None,
                        outputs, runner.timestep_index,

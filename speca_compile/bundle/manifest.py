@@ -21,6 +21,8 @@ DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 PLACEHOLDER_KINDS = ("input", "dim", "module")
 SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta", "warmup", "min_speculative",
             "max_speculative", "verify_block", "error_metric", "on_reject", "timestep_input")
+# settings added after schema 2, with the value a bundle written before them ran with
+LATER_SETTINGS = {"acceptance": "step", "check_margin": 0.5, "max_check_gap": 5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +123,9 @@ def parse(data: Any) -> Manifest:
         raise BundleError(f"manifest.json: 'settings' lacks {', '.join(missing)}")
     created = {str(k): str(v) for k, v in _dict(obj.get("created_with", {}), "created_with").items()}
     manifest = Manifest(inputs, placeholders, segments, cuts, units, stack, outputs, timestep_index,
-                        batch_inputs, batch_size, reason, {k: settings[k] for k in SETTINGS}, files, created)
+                        batch_inputs, batch_size, reason,
+                        {**{k: settings[k] for k in SETTINGS},
+                         **{k: settings.get(k, default) for k, default in LATER_SETTINGS.items()}}, files, created)
     absent = [n for n in needed_segments(manifest) if n not in names]
     if absent:
         raise BundleError(f"manifest.json: 'segments' lacks {', '.join(absent)}, which the runtime runs")
