@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
-from speca_compile.errors import LoweringError
-
+from speca_compile.errors import LoweringError, SpecaError
 from speca_compile.options import Options, check_precision
 from speca_compile.passes.partition import Segment, SpeculativeProgram
+from speca_compile.runtime.engine_check import CheckFailed, Verdict, bound_for, compare
 
 
 class Engine:
@@ -33,19 +33,62 @@ class Engine:
         count their builds in ``info``; one that counts none needs none)."""
         return int(self.info.get("builds", 1)) > 0
 
+    # the first-call check (CheckedEngine): each variant an engine builds is compared with eager once
+    def variant_key(self, inputs: Sequence) -> Optional[Hashable]:
+        """Which built variant ``inputs`` ran on (asked after ``run``); None when they ran the
+        segment eagerly, so there is nothing to check.  One variant unless the engine says more."""
+        return ()
 
-class EagerFallback(Engine):
-    """Runs a lowered engine; if it fails to build, runs the segment eagerly instead.
+    def saved_verdict(self, key: Hashable) -> Optional[Verdict]:
+        """The verdict the engine holds for that variant (e.g. read beside its cached file)."""
+        return vars(self).get("_verdicts", {}).get(key)
 
-    Only with ``on_lowering_error="eager"``, and never silently: a warning names
-    the segment and the error, and ``stats`` reports ``fallback`` for it.
-    Threads whose calls fail at the same time switch to eager once, with one warning.
+    def save_verdict(self, key: Hashable, verdict: Verdict) -> None:
+        """Keep ``verdict`` with the variant: here in memory; an engine with files may keep it on
+        disk, so that a later process need not check, and one whose variants can be replaced
+        (TensorRT rebuilds for larger inputs) keeps it on the variant, so a replacement is checked."""
+        vars(self).setdefault("_verdicts", {})[key] = verdict
+
+
+class CheckedEngine(Engine):
+    """Runs a lowered engine, checked against the eager segment on each variant's first call.
+
+    No engine runs unchecked (engine_check): the first call on each variant the engine
+    builds (an ONNX Runtime session per tuple of baked-in values, an Inductor compilation
+    per input signature) also runs the segment eagerly on the same inputs and compares the
+    outputs within the bound of the engine's precision.  A verdict the engine already holds
+    (a ``.checked`` file beside a cached ONNX file, a passed reuse check) is not repeated.
+
+    A mismatch, a non-finite output, a shape mismatch, an exception or a failed build:
+    with ``on_lowering_error="eager"`` the segment runs eagerly from then on, with one
+    warning naming the segment and the error, ``stats`` reporting ``fallback``, and the
+    failing call already returning eager's values; with ``"raise"`` a ``LoweringError``
+    names the segment, the error and the bound.  Threads whose calls fail at the same time
+    switch to eager once, with one warning.
+
+    Engines tell the wrapper which variant a call ran on (``Engine.variant_key``) and keep
+    each variant's verdict (``saved_verdict`` / ``save_verdict``).  Once every variant built
+    so far (``info["builds"]``) has passed, a call costs the wrapper one comparison of ints.  Attributes the wrapper lacks
+    are the wrapped engine's (bundle export reads an ONNX Runtime engine's variants).
     """
 
-    def __init__(self, engine: Engine, segment: Segment):
+    def __init__(self, engine: Engine, segment: Segment, options: Options):
         self.engine, self.segment = engine, segment
+        self.precision = options.precision
+        self.raise_errors = options.on_lowering_error != "eager"
+        if "info" not in vars(engine):   # never write into the class-level default dict
+            engine.info = dict(engine.info)
         self.info = engine.info
+        self.info.setdefault("segment", segment.name)
+        self.info.setdefault("checked", False)
+        self.verdicts: Dict[Hashable, Verdict] = {}   # the latest per variant key, for stats
+        self._settled = None   # the build count at which every variant built had passed
         self._switch_lock = threading.Lock()
+
+    def __getattr__(self, name):
+        if name == "engine":   # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.engine, name)
 
     @property
     def name(self):
@@ -56,17 +99,71 @@ class EagerFallback(Engine):
 
     def run(self, inputs: Sequence) -> List:
         engine = self.engine
-        try:
+        if isinstance(engine, EagerEngine):
             return engine.run(inputs)
-        except LoweringError as exc:
-            with self._switch_lock:
-                if self.engine is engine:   # not already switched by a thread that failed first
-                    warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
-                                  f"(on_lowering_error='eager'): {exc}", stacklevel=2)
-                    self.info = {**dict(engine.info), "segment": self.segment.name,
-                                 "fallback": f"eager ({exc})"}
-                    self.engine = EagerEngine(self.segment)
-            return self.engine.run(inputs)
+        try:
+            outputs = engine.run(inputs)
+        except LoweringError as exc:   # a failed build, or a verdict remembered as failed
+            if self.raise_errors:
+                raise
+            return self._fall_back(engine, inputs, exc)
+        except Exception as exc:  # noqa: BLE001  (an engine that fails to run is not trusted either)
+            if self.raise_errors and isinstance(exc, SpecaError):
+                raise   # a deliberate error (e.g. a missing extra) says what it is already
+            error = LoweringError(f"segment {self.segment.name!r}: {engine.name} failed to run: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}")
+            if self.raise_errors:
+                raise error from exc
+            return self._fall_back(engine, inputs, error)
+        builds = engine.info.get("builds")
+        if builds is not None and builds == self._settled:
+            return outputs   # every variant built so far has passed: no per-call lookup
+        try:
+            return self._checked(engine, inputs, outputs, builds)
+        except CheckFailed as exc:
+            if self.raise_errors:
+                raise
+            return self._fall_back(engine, inputs, exc)
+
+    def _checked(self, engine: Engine, inputs: Sequence, outputs: List, builds) -> List:
+        """``outputs``, once the variant they came from has a passed verdict (compared now if none)."""
+        key = engine.variant_key(inputs)
+        if key is not None:
+            verdict = engine.saved_verdict(key)
+            if verdict is None:
+                expected = EagerEngine(self.segment).run(inputs)
+                verdict = compare(expected, outputs, bound_for(self.precision, inputs))
+                engine.save_verdict(key, verdict)
+                if not verdict.passed:
+                    raise CheckFailed(verdict.message(self.segment.name, engine.name), verdict,
+                                      expected)
+            self._record(key, verdict)
+            if not verdict.passed:
+                raise CheckFailed(verdict.message(self.segment.name, engine.name), verdict)
+        if isinstance(builds, int) and sum(v.passed for v in self.verdicts.values()) >= builds:
+            self._settled = builds
+        return outputs
+
+    def _record(self, key: Hashable, verdict: Verdict) -> None:
+        self.verdicts[key] = verdict
+        checks = list(self.verdicts.values())
+        self.info.update(checked=all(v.passed for v in checks), check_error=max(v.error for v in checks),
+                         check_bound=verdict.bound, checked_by=verdict.source, checked_variants=len(checks))
+
+    def _fall_back(self, engine: Engine, inputs: Sequence, exc: LoweringError) -> List:
+        with self._switch_lock:
+            if self.engine is engine:   # not already switched by a thread that failed first
+                warnings.warn(f"speca: running segment {self.segment.name!r} eagerly "
+                              f"(on_lowering_error='eager'): {exc}", stacklevel=3)
+                info = {**dict(engine.info), "segment": self.segment.name, "fallback": f"eager ({exc})"}
+                verdict = getattr(exc, "verdict", None)
+                if verdict is not None:
+                    info.update(checked=False, check_error=verdict.error, check_bound=verdict.bound,
+                                checked_by=verdict.source)
+                self.info = info
+                self.engine = EagerEngine(self.segment)
+        expected = getattr(exc, "expected", None)
+        return list(expected) if expected is not None else self.engine.run(inputs)
 
 
 def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Options, Optional[str]]:
@@ -100,12 +197,12 @@ def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optio
 
 
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
-    """One engine per segment, keyed by segment name."""
+    """One engine per segment, keyed by segment name; every lowered one checked (``CheckedEngine``)."""
     engines = _lower(program, options)
-    if options.on_lowering_error == "eager" and options.lowering != "eager":
-        segments = {seg.name: seg for seg in program.all_segments}
-        return {name: EagerFallback(engine, segments[name]) for name, engine in engines.items()}
-    return engines
+    if options.lowering == "eager":
+        return engines
+    segments = {seg.name: seg for seg in program.all_segments}
+    return {name: CheckedEngine(engine, segments[name], options) for name, engine in engines.items()}
 
 
 def _lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:

@@ -11,12 +11,16 @@ same weights, tensor-input dtypes and ranks, baked-in constants and options.
 A family member exported with a dynamic axis leaves a pointer in the engine
 cache; a later member whose own file is not cached tries that file first and
 keeps it only if, on the call's real inputs, its outputs match the segment
-run eagerly (relative error <= ``REUSE_TOLERANCE``).  A structural match alone
-never replaces an export; a failed check exports as before and says so.
+run eagerly (``engine_check.compare``, within the bound of the engine's
+precision).  That check is the variant's first-call check too: a reused file
+is not compared twice, and the verdict is kept beside the file for later
+processes.  A structural match alone never replaces an export; a failed check
+exports as before and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Sequence
 
 import torch
@@ -24,9 +28,10 @@ from torch import fx
 
 from speca_compile.passes.find_blocks import is_scalar
 from speca_compile.runtime.engine_cache import EngineCache, cache_key
+from speca_compile.runtime.engine_check import FP32_BOUND, Verdict, compare
 from speca_compile.runtime.segment_io import SegmentIO, baked_values
 
-REUSE_TOLERANCE = 1e-4
+REUSE_TOLERANCE = FP32_BOUND   # float32 files; the engine passes the bound of its precision
 
 
 def structure(gm: fx.GraphModule) -> str:
@@ -81,15 +86,11 @@ def candidate(cache: EngineCache, family: str, suffix: str) -> Optional[str]:
     return key if key and cache.lookup(key, suffix) is not None else None
 
 
-def agrees_with_eager(segment_module, inputs: Sequence, io_spec: SegmentIO, outputs: List[torch.Tensor]) -> bool:
-    """Whether ``outputs`` (the engine's tensor outputs) match the segment run eagerly on ``inputs``."""
+def agrees_with_eager(segment_module, inputs: Sequence, io_spec: SegmentIO, outputs: List[torch.Tensor],
+                      bound: float = REUSE_TOLERANCE) -> Verdict:
+    """Whether ``outputs`` (the engine's tensor outputs) match the segment run eagerly on ``inputs``:
+    the first-call check's own comparison (engine_check), so a file that passed here is checked."""
     with torch.no_grad():
         expected = list(segment_module(*inputs))
-    for i, got in zip(io_spec.tensor_outputs, outputs):
-        want = expected[i]
-        if tuple(got.shape) != tuple(want.shape):
-            return False
-        scale = float(want.double().norm())
-        if float((got.to(want.device).double() - want.double()).norm()) > REUSE_TOLERANCE * max(scale, 1e-12):
-            return False
-    return True
+    verdict = compare([expected[i] for i in io_spec.tensor_outputs], list(outputs), bound)
+    return dataclasses.replace(verdict, source="reuse")

@@ -15,6 +15,9 @@ hoisted into it) runs eagerly: Inductor compiles tensor programs only.  That
 segment is the timestep and patch embedding, a small part of a step, and
 ``stats`` reports it as ``eager (returns non-tensor values)``.
 
+Each compiled variant's first call is checked against eager
+(``engine.CheckedEngine``), once per signature, in memory.
+
 Concurrent first calls with one signature compile once: the build runs under
 the engine's lock and the threads that waited use its result (``info["builds"]``
 counts compilations).  Calls that find their variant compiled take no lock.
@@ -73,6 +76,12 @@ class InductorEngine(Engine):
                 if compiled is None:
                     compiled = self.variants[key] = self._build(list(inputs))
         return list(compiled(*inputs))
+
+    def variant_key(self, inputs: Sequence):
+        """The compiled variant's signature, checked once (in memory: Inductor's own cache holds
+        kernels, not verdicts); None for a segment that runs eagerly anyway."""
+        key = _signature(inputs)
+        return None if self.variants.get(key) is self.segment.module else key
 
     def _build(self, inputs: List) -> Callable:
         from torch._inductor.compile_fx import compile_fx

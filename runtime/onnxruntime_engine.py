@@ -6,6 +6,12 @@ export to ONNX (``onnx_export``), through the on-disk ``EngineCache``, then an
 A segment of a new Dynamo graph of the same model (a batch of 1, a new
 resolution) first tries the shape-general file of its family
 (``engine_reuse``), kept only if it agrees with eager on that call.
+
+Each session's first call is checked against eager (``engine.CheckedEngine``);
+the verdict is written beside the cached file (``engine_check``), so a process
+that loads a checked file skips the comparison and one that loads a file known
+to disagree falls back to eager without making a session.
+
 Sessions run with I/O binding (``run_session``): inputs are bound where they
 lie and outputs come back through DLPack on the same device, so no copy is
 made between segments.  The CUDA execution provider is used when the inputs
@@ -31,6 +37,8 @@ from speca_compile.options import Options
 from speca_compile.passes.partition import Segment
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.engine_cache import EngineCache, cache_key, weights_digest
+from speca_compile.runtime.engine_check import (CheckFailed, Verdict, bound_for, read_verdict, verdict_key,
+                                                write_verdict)
 from speca_compile.runtime.engine_reuse import agrees_with_eager, candidate, family_key, is_shape_general, remember
 from speca_compile.runtime.onnx_export import EXPORT_VERSION, export_segment, input_names
 from speca_compile.runtime.segment_io import (SegmentIO, analyze_segment, baked_values, merge_outputs,
@@ -64,7 +72,10 @@ def onnx_cache_key(segment: Segment, io_spec: SegmentIO, values: Sequence, optio
 
 
 class _Variant:
-    """One built session: for one tuple of baked-in scalar inputs."""
+    """One built session: for one tuple of baked-in scalar inputs.
+
+    ``verdict`` is its first-call check (engine_check), when known at build time (a
+    ``.checked`` file, a passed reuse check); ``check_key`` names that file."""
 
     def __init__(self, io_spec: SegmentIO, session, names: Optional[List[str]] = None):
         self.io = io_spec
@@ -72,6 +83,8 @@ class _Variant:
         # a reused file (engine_reuse) keeps the input names of the graph it was exported for
         self.input_names = names if names is not None else input_names(io_spec)
         self.output_names = [o.name for o in session.get_outputs()]
+        self.check_key: Optional[str] = None
+        self.verdict: Optional[Verdict] = None
 
 
 class OnnxRuntimeEngine(Engine):
@@ -116,6 +129,22 @@ class OnnxRuntimeEngine(Engine):
     def _execute(self, variant, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         return run_session(variant.session, variant.input_names, variant.output_names, tensors)
 
+    # the first-call check (engine.CheckedEngine): one verdict per variant, kept beside its file
+    def variant_key(self, inputs: Sequence):
+        return baked_values(self.io, inputs)
+
+    def saved_verdict(self, key) -> Optional[Verdict]:
+        return getattr(self.variants.get(key), "verdict", None)
+
+    def save_verdict(self, key, verdict: Verdict) -> None:
+        variant = self.variants.get(key)
+        if variant is None:
+            return
+        variant.verdict = verdict
+        check_key = getattr(variant, "check_key", None)   # None: no cached file (TensorRT's plans)
+        if check_key is not None:
+            write_verdict(self.cache, check_key, verdict)
+
     def _onnx_file(self, inputs: Sequence, io_spec: Optional[SegmentIO] = None, key: Optional[str] = None):
         """The segment's ONNX file (from the engine cache), its input specs, key and the cache event
         (``io_spec`` and ``key`` when the caller has them already)."""
@@ -132,35 +161,60 @@ class OnnxRuntimeEngine(Engine):
         key = onnx_cache_key(self.segment, io_spec, inputs, self.options, identity)
         family = family_key(self.segment.module, io_spec, inputs, *identity)
         on_gpu = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs)
+        bound = bound_for(self.options.precision, inputs)
         variant, event, path = None, None, None
         if self.cache.lookup(key, ".onnx") is None:
-            variant, path = self._reuse(family, io_spec, inputs, on_gpu)
+            variant, path = self._reuse(family, io_spec, inputs, on_gpu, bound)
             event = "reused" if variant is not None else None
         if variant is None:
             path, _, _, event = self._onnx_file(inputs, io_spec, key)
+            check_key = verdict_key(self.cache, key, path, io_spec.describe(), bound)
+            verdict = read_verdict(self.cache, check_key)
+            if verdict is not None and not verdict.passed:   # known to be wrong: no session
+                self.info.update(cache=event, file=str(path))
+                raise CheckFailed(f"{verdict.message(self.segment.name, self.name)}; verdict cached in "
+                                  f"{self.cache.path(check_key, '.checked')}", verdict)
             variant = _Variant(io_spec, make_session(path, on_gpu, f"segment {self.segment.name!r}"))
+            variant.check_key, variant.verdict = check_key, verdict
             if is_shape_general(io_spec):
                 remember(self.cache, family, key)
         self.info.update(builds=int(self.info["builds"]) + 1, cache=event, file=str(path),
                          build_seconds=round(time.perf_counter() - start, 3))
         return variant
 
-    def _reuse(self, family: str, io_spec: SegmentIO, inputs: Sequence, on_gpu: bool):
-        """A shape-general file of this segment's family (engine_reuse), if it agrees with eager here."""
+    def _reuse(self, family: str, io_spec: SegmentIO, inputs: Sequence, on_gpu: bool, bound: float):
+        """A shape-general file of this segment's family (engine_reuse), if it agrees with eager here.
+
+        The agreement check is this variant's first-call check: its verdict is kept with the
+        variant and beside the file (for this segment's input specs), so neither this engine
+        nor a later process compares again; a file known to disagree is not even loaded."""
         key = candidate(self.cache, family, ".onnx")
         if key is None:
             return None, None
         path = self.cache.path(key, ".onnx")
+        check_key = verdict_key(self.cache, key, path, io_spec.describe(), bound)
+        known = read_verdict(self.cache, check_key)
+        if known is not None and not known.passed:
+            self.info["reuse_rejected"] = f"{path}: outputs differ from eager ({known.reason}; cached verdict)"
+            return None, None
         try:
             session = make_session(path, on_gpu, f"segment {self.segment.name!r}")
             variant = _Variant(io_spec, session, [i.name for i in session.get_inputs()])
+            variant.check_key = check_key
             tensors = tensor_values(io_spec, inputs)
             if len(variant.input_names) != len(tensors) or len(variant.output_names) != len(io_spec.tensor_outputs):
                 why = "different inputs or outputs"
-            elif agrees_with_eager(self.segment.module, inputs, io_spec, self._execute(variant, tensors)):
+            elif known is not None:
+                variant.verdict = known
                 return variant, path
             else:
-                why = "outputs differ from eager"
+                verdict = agrees_with_eager(self.segment.module, inputs, io_spec,
+                                            self._execute(variant, tensors), bound)
+                write_verdict(self.cache, check_key, verdict)
+                if verdict.passed:
+                    variant.verdict = verdict
+                    return variant, path
+                why = f"outputs differ from eager ({verdict.reason}, relative L2 error {verdict.error:.2e})"
         except Exception as exc:  # noqa: BLE001  (a file that cannot serve these shapes: export instead)
             why = f"{type(exc).__name__}: {str(exc)[:200]}"
         self.info["reuse_rejected"] = f"{path}: {why}"

@@ -44,6 +44,10 @@ def _events(runner):
     return {e["segment"]: e["cache"] for e in runner.stats()["engines"] if e.get("builds")}
 
 
+def _built(runner):
+    return [e for e in runner.stats()["engines"] if e.get("builds")]
+
+
 def _exports(cache_dir):
     return len(glob.glob(f"{cache_dir}/*.onnx"))
 
@@ -59,6 +63,8 @@ def test_flux_batches_and_resolutions_share_one_set_of_onnx_files(tmp_path):
     assert _run(z, compiled, _flux_call, 5, 5)[0] == 1
     graphs, events = _run(z, compiled, _flux_call, 1, 5)          # a new graph (size 1 is specialised) ...
     assert graphs == 2 and set(events.values()) == {"reused"}     # ... on the same files
+    # the reuse check is the engines' first-call check: recorded once, not compared again
+    assert {e["checked_by"] for e in _built(speca_compile.registry.runners_for(compiled)[-1])} == {"reuse"}
     for batch in (2, 1):                                          # a second resolution
         _run(z, compiled, _flux_call, batch, 6)
     assert len(speca_compile.registry.runners_for(compiled)) == 2
@@ -107,3 +113,5 @@ def test_agreement_check_compares_every_tensor_output():
     assert agrees_with_eager(Two(), [x], io, [x * 2, x + 1])
     assert not agrees_with_eager(Two(), [x], io, [x * 2, x + 1.01])
     assert not agrees_with_eager(Two(), [x], io, [x * 2, (x + 1)[:2]])
+    verdict = agrees_with_eager(Two(), [x], io, [x * 2, x + 1.001], bound=1e-2)   # the engine's bound
+    assert verdict.passed and 0 < verdict.error < 1e-2 and verdict.source == "reuse"

@@ -26,6 +26,8 @@ def test_full_path_matches_eager(name):
     if "prologue" in info:
         assert info["prologue"]["builds"] >= 1 or info["prologue"]["runs"] == "eager (returns non-tensor values)"
     assert set(info) <= {"prologue", "whole_graph", *full_path}   # no block compiled alone
+    # every compiled variant's first call was compared with eager (issue 16)
+    assert all(info[name]["checked"] is True and info[name]["check_error"] < 1e-4 for name in full_path)
 
 
 @pytest.mark.parametrize("name", ["dit", "flux"])

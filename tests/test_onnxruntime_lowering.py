@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import speca_compile
+from speca_compile.runtime.engine_check import FP16_BOUND
 from tests import helpers
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is a base dependency; this install lacks it")
@@ -35,6 +36,8 @@ def test_full_path_matches_eager(name, engines_dir):
     expected = ["prologue", "epilogue", "block_stack"] if speca_compile.stats(compiled)["blocks"] else ["whole_graph"]
     assert [e["segment"] for e in info] == expected
     assert all(e["builds"] == 1 for e in info)
+    # each engine's first call was compared with eager (issue 16), within the fp32 bound
+    assert all(e["checked"] is True and e["check_error"] < e["check_bound"] == 1e-4 for e in info)
 
 
 @pytest.mark.parametrize("name", ["dit", "flux"])
@@ -117,6 +120,7 @@ def test_fp16_engines_compute_in_half_precision_with_float32_inputs_and_outputs(
     err = helpers.rel_err(helpers.trajectory(z, compiled, 2, 10), eager)
     assert 1e-6 < err < 1e-2
     for engine in engine_info(compiled):
+        assert engine["checked"] is True and engine["check_bound"] == FP16_BOUND   # half precision's bound
         graph = onnx.load(engine["file"]).graph
         kinds = {i.data_type for i in graph.initializer}
         assert onnx.TensorProto.FLOAT16 in kinds, engine["segment"]
