@@ -18,7 +18,11 @@ which a small eager ``scalar_program`` computes from the same inputs.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import operator
+import threading
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -112,51 +116,83 @@ def size_expression(node, placeholders, values) -> Optional["SizeExpr"]:
                     axes.setdefault(str(size.node.expr), (j, axis))
     if any(str(sym) not in axes for sym in expr.free_symbols):
         return None
-    return SizeExpr(str(expr), {sym: axes[sym] for sym in sorted(map(str, expr.free_symbols))})
+    size = SizeExpr(str(expr), {sym: axes[sym] for sym in sorted(map(str, expr.free_symbols))})
+    # the engines recompute the size from the text: keep it only if that gives this call's value
+    # (else it is baked in, and another value means another build)
+    concrete = {sym: values[j].shape[axis] for sym, (j, axis) in size.symbols.items()}
+    try:
+        if size.evaluate(concrete) != values[placeholders.index(node)]:
+            return None
+    except LoweringError:
+        return None
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
 class SizeExpr:
-    """A size such as ``s33 // 2``: its text and where each symbol's value comes from."""
+    """A size such as ``2*((s33//2))``: its text (sympy's printing, as Dynamo's symbolic shapes
+    print it) and where each symbol's value comes from."""
 
     text: str
     symbols: Dict[str, Tuple[int, int]]
 
     def evaluate(self, sizes: Dict[str, object]):
-        """Evaluate with ``sizes[symbol]`` (ints, or SymInts while exporting)."""
-        from torch.utils._sympy.functions import FloorDiv, Mod
-        import sympy
+        """Evaluate with ``sizes[symbol]`` (ints, or SymInts while exporting).
 
-        return _eval(sympy.sympify(self.text, locals={"FloorDiv": FloorDiv, "Mod": Mod}), sizes)
+        The text is read as the integer arithmetic it prints (``//`` is floor division,
+        ``FloorDiv``, ``Mod``, ``PythonMod``, ``Max``, ``Min``), not through ``sympy.sympify``,
+        which reads ``a//b`` as ``floor(a/b)``: rational arithmetic no engine recomputes
+        (``2*((s77//2))``, the batch of a DiT that halves its input for CFG, failed with
+        "size expression 1/2 uses Half")."""
+        try:
+            tree = ast.parse(self.text, mode="eval")
+        except SyntaxError as exc:
+            raise LoweringError(f"size expression {self.text!r} cannot be parsed") from exc
+        return _eval(tree.body, sizes, self.text)
 
 
-def _eval(expr, sizes):
-    import sympy
-    from torch.utils._sympy.functions import FloorDiv, Mod
-
-    if expr.is_Integer:
-        return int(expr)
-    if expr.is_Symbol:
-        return sizes[str(expr)]
-    args = [_eval(a, sizes) for a in expr.args]
-    if isinstance(expr, sympy.Add):
-        return sum(args[1:], args[0])
-    if isinstance(expr, sympy.Mul):
-        out = args[0]
-        for a in args[1:]:
-            out = out * a
-        return out
-    if isinstance(expr, FloorDiv):
-        return args[0] // args[1]
-    if isinstance(expr, Mod):
-        return args[0] % args[1]
-    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) >= 0:
-        out = 1
-        for _ in range(int(expr.exp)):
-            out = out * args[0]
-        return out
-    raise LoweringError(f"size expression {expr} uses {type(expr).__name__}, which the engines "
+def _eval(node, sizes, text):
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name) and node.id in sizes:
+        return sizes[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _eval(node.operand, sizes, text)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval(node.left, sizes, text), _eval(node.right, sizes, text)
+        if isinstance(node.op, ast.Pow):
+            if not isinstance(right, int) or right < 0:
+                raise LoweringError(f"size expression {text!r}: power {right} is not a fixed "
+                                    "non-negative integer")
+            out = 1
+            for _ in range(right):
+                out = out * left
+            return out
+        return _BINARY[type(node.op)](left, right)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
+            and not node.keywords):
+        args = [_eval(a, sizes, text) for a in node.args]
+        fn = _FUNCTIONS[node.func.id]
+        if node.func.id in ("Max", "Min"):
+            symbolic = any(isinstance(a, torch.SymInt) for a in args)
+            pick = (torch.sym_max if node.func.id == "Max" else torch.sym_min) if symbolic else fn
+            out = args[0]
+            for a in args[1:]:
+                out = pick(out, a)
+            return out
+        if len(args) != 2:
+            raise LoweringError(f"size expression {text!r}: {node.func.id} takes 2 arguments")
+        return fn(*args)
+    raise LoweringError(f"size expression {text!r} uses {ast.unparse(node)!r}, which the engines "
                         "cannot recompute")
+
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: None}
+# sympy's Mod and torch's PythonMod of sizes (non-negative) are Python's %; FloorDiv is //
+_FUNCTIONS = {"FloorDiv": operator.floordiv, "Mod": operator.mod, "PythonMod": operator.mod,
+              "Max": max, "Min": min}
 
 
 def _output_nodes(segment: Segment) -> List[fx.Node]:
@@ -186,9 +222,41 @@ def _scalar_program(segment: Segment, placeholders: List[fx.Node], targets: List
 
 
 def baked_values(io: SegmentIO, values: Sequence) -> Tuple:
-    """This call's values of the inputs an engine bakes in (``const``): an engine
-    serves only calls with the same tuple, another tuple needs another build."""
-    return tuple(values[i] for i, spec in enumerate(io.inputs) if spec.kind == "const")
+    """This call's values of what an engine bakes in: the ``const`` inputs, then a digest of each
+    ``weight`` input.  An engine serves only calls with the same tuple; another tuple needs another
+    build.  Weights count: Dynamo passes parameters as graph inputs and does not guard on which
+    module they belong to, so one graph serves every instance of a block class (HunyuanVideo 1.5,
+    whose forward breaks the graph per block, ran block 2 with block 1's baked weights)."""
+    consts = tuple(values[i] for i, spec in enumerate(io.inputs) if spec.kind == "const")
+    return consts + tuple(tensor_digest(values[i]) for i, spec in enumerate(io.inputs) if spec.kind == "weight")
+
+
+# id(tensor) -> (weakref to it, its version counter, digest): each weight is hashed once (and again
+# after an in-place change), then found by identity on every call
+_DIGESTS: Dict[int, Tuple[object, int, str]] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A digest of ``t``'s contents (dtype, shape, bytes), memoised by identity and version."""
+    key = id(t)
+    entry = _DIGESTS.get(key)
+    version = t._version
+    if entry is not None and entry[0]() is t and entry[1] == version:
+        return entry[2]
+    from speca_compile.runtime.engine_cache import weights_digest
+
+    digest = weights_digest([t])[:24]
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = (weakref.ref(t, lambda _, key=key: _forget(key)), version, digest)
+    return digest
+
+
+def _forget(key: int) -> None:
+    with _DIGESTS_LOCK:
+        entry = _DIGESTS.get(key)
+        if entry is not None and entry[0]() is None:
+            del _DIGESTS[key]
 
 
 def tensor_values(io: SegmentIO, values: Sequence) -> List[torch.Tensor]:

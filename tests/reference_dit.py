@@ -131,3 +131,65 @@ class PolyDiT(nn.Module):
         for block in self.blocks:
             h = block(h, t)
         return self.out(h)
+
+
+class QKVAttention(nn.Module):
+    """timm's ``Attention`` as the original DiT uses it: one qkv projection, heads split by reshape."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class OriginalDiTBlock(DiTBlock):
+    def __init__(self, hidden, heads):
+        super().__init__(hidden, heads)
+        self.attn = QKVAttention(hidden, heads)
+
+    def forward(self, x, c):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class OriginalDiT(ReferenceDiT):
+    """The original DiT code more closely (facebookresearch/DiT ``models.py``): timm-style qkv
+    attention, learned sigma (twice the output channels), ``unpatchify`` by ``int(T ** 0.5)``, and
+    with ``cfg_scale`` set, ``forward`` is its ``forward_with_cfg``: the first half of the batch is
+    run twice (``x[: len(x) // 2]``), the guided half repeated, ``torch.split(eps, len(eps) // 2)``.
+    Its block stack's batch is the size ``2 * (B // 2)`` and its epilogue splits by a symbolic size."""
+
+    def __init__(self, cfg_scale=None, input_size=8, patch=2, channels=4, hidden=32, depth=3, heads=2, classes=10):
+        super().__init__(input_size, patch, channels, hidden, depth, heads, classes)
+        self.cfg_scale = cfg_scale
+        self.blocks = nn.ModuleList([OriginalDiTBlock(hidden, heads) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden, patch, 2 * channels)
+        for block in self.blocks:
+            nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
+
+    def unpatchify(self, x):
+        c, p = 2 * self.channels, self.patch
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x, t, y):
+        if self.cfg_scale is None:
+            return super().forward(x, t, y)
+        half = x[: len(x) // 2]
+        model_out = super().forward(torch.cat([half, half], dim=0), t, y)
+        eps, rest = model_out[:, :self.channels], model_out[:, self.channels:]
+        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        half_eps = uncond_eps + self.cfg_scale * (cond_eps - uncond_eps)
+        return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
