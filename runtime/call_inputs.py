@@ -7,12 +7,18 @@ the call in ``stats`` instead of guessing.
 
 from __future__ import annotations
 
+import contextvars
 from typing import List, Optional, Tuple
 
 import torch
 
 from speca_compile.passes.partition import SpeculativeProgram
-from speca_compile.passes.timestep_input import argument_name
+from speca_compile.passes.timestep_input import argument_name, resumes_after_break
+
+# The timesteps the latest graph with a timestep input read, in this thread / asyncio task: a
+# graph that resumes a forward after a graph break (Lumina2, OmniGen: the blocks come after a
+# ``.tolist()``) has no timestep input and takes these, read by the forward's first graph.
+_LAST_TIMESTEPS: contextvars.ContextVar = contextvars.ContextVar("speca_last_timesteps", default=None)
 
 # diffusers and the original DiT code name the noisy latent so; first match wins
 LATENT_NAMES = ("hidden_states", "sample", "latents", "latent", "x", "img", "z", "noisy_latents")
@@ -46,20 +52,44 @@ class CallInputs:
         self.timestep_index = timestep_index
         self.latent_index = latent_by_name(program, timestep_index)
         self._latent_known = self.latent_index is not None   # else chosen by value at the first call
+        # no timestep input, but blocks to speculate over after a graph break: inherit it
+        self.inherits = (timestep_index is None and program.reason is None and program.num_units > 0
+                         and resumes_after_break(program))
 
     def timesteps(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
         """(one timestep per sample, None) or (None, why not); (None, None) when the
         graph has no timestep input at all (speculation is off with its own reason)."""
         if self.timestep_index is None:
-            return None, None
+            return self._inherited(args) if self.inherits else (None, None)
+        times, problem = self._read(args)
+        if times is not None:
+            _LAST_TIMESTEPS.set(tuple(times))
+        return times, problem
+
+    def _inherited(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
+        last = _LAST_TIMESTEPS.get()
+        batch = self.batch_size(args)
+        if last is None:
+            return None, ("this graph resumes a forward after a graph break and has no timestep "
+                          "input, and no earlier graph in this thread read one")
+        if batch is not None and len(last) != batch:
+            return None, (f"this graph resumes a forward after a graph break; the timesteps the "
+                          f"graph before it read have {len(last)} values for a batch of {batch}")
+        return list(last), None
+
+    def _read(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
         value = args[self.timestep_index]
+        batch = self.batch_size(args)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and batch is not None and value.shape[0] == batch:
+            # one timestep per frame or token (diffusion forcing: AnyFlow, Wan's per-token t):
+            # a sample's trajectory is parameterised by its noisiest frame
+            return [float(v) for v in value.detach().reshape(batch, -1).double().amax(1).cpu().tolist()], None
         if isinstance(value, torch.Tensor):
             flat = [float(v) for v in value.detach().reshape(-1).double().cpu().tolist()]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat = [float(value)]
         else:
             return None, f"timestep input is a {type(value).__name__}, not a number or tensor"
-        batch = self.batch_size(args)
         if len(flat) == 1 and batch is not None:
             return flat * batch, None
         if batch is None or len(flat) == batch:

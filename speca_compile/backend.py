@@ -7,6 +7,9 @@ raises with the reason; it never silently returns the uncompiled graph.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import types
 from typing import Any, Optional, Sequence
 
 from torch import fx
@@ -16,7 +19,7 @@ from speca_compile.errors import OptionsError
 from speca_compile.options import Options
 from speca_compile.passes import find_batch_inputs, find_blocks, fuse_stack, partition
 from speca_compile.passes.graph_inputs import describe_graph_inputs
-from speca_compile.passes.timestep_input import find_timestep_input
+from speca_compile.passes.timestep_input import find_timestep_input, resumes_after_break
 from speca_compile.runtime.engine import lower, resolve_lowering
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
 from speca_compile.runtime.runner import Runner
@@ -29,11 +32,15 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
         raise OptionsError(f"the speca backend takes options={{...}}, not mode={mode!r}")
     settings, lowering_note = resolve_lowering(Options.parse(options), example_inputs)
     plan = find_blocks(gm)
-    program = partition(gm, plan)
+    program = dataclasses.replace(partition(gm, plan), resumed=_compiling_resume_function())
     _check_verify_block(settings, program.num_units)
     timestep_index, timestep_problem = find_timestep_input(program, settings)
-    reason = _why_not_speculate(settings, program.reason, timestep_problem)
     notes = [lowering_note] if lowering_note else []
+    if timestep_problem and program.reason is None and resumes_after_break(program):
+        timestep_problem = None   # runtime.call_inputs takes the preceding graph's timesteps
+        notes.append("no timestep input: this graph resumes the forward after a graph break, so "
+                     "each call takes the timesteps the graph before it read")
+    reason = _why_not_speculate(settings, program.reason, timestep_problem)
     batch_inputs = None
     if program.reason is None:
         batch_inputs, note = find_batch_inputs(gm, example_inputs, program)
@@ -46,6 +53,20 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
                     if name not in program.user_inputs]
     registry.register(runner, module_state, options)
     return runner
+
+
+def _compiling_resume_function() -> bool:
+    """True when Dynamo is compiling a *resume function* (``torch_dynamo_resume_in_forward_at_N``:
+    the rest of a forward after a graph break).  Dynamo does not hand the backend the code it
+    compiles, so this reads its compile frames' ``code``; False where that cannot be seen."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_locals.get("code") if frame.f_code.co_name in ("_compile", "compile_inner",
+                                                                        "_compile_inner", "compile_frame") else None
+        if isinstance(code, types.CodeType):
+            return code.co_name.startswith("torch_dynamo_resume_in_")
+        frame = frame.f_back
+    return False
 
 
 def _cache_cuts(settings: Options, program, reason: Optional[str]):
