@@ -52,10 +52,14 @@ class SamplePolicy:
         self.full_steps = [0] * batch_size
         self.since_full = [0] * batch_size
         self.force_full = [False] * batch_size
+        self.step = 0      # steps decided so far: the same count for every sample of the trajectory
 
     def decide(self, tau: float) -> List[Decision]:
-        return [Decision.FULL if self._must_compute(s) else self._speculative_decision(s, tau)
-                for s in range(len(self.full_steps))]
+        """Each sample's decision for the next step (called once per step)."""
+        decisions = [Decision.FULL if self._must_compute(s) else self._speculative_decision(s, tau)
+                     for s in range(len(self.full_steps))]
+        self.step += 1
+        return decisions
 
     def _must_compute(self, s: int) -> bool:
         return (self.force_full[s] or self.full_steps[s] < self.warmup
@@ -104,4 +108,4 @@ def make_policy(options, batch_size: int) -> SamplePolicy:
     from speca_compile.runtime.budget_policy import BudgetPolicy
 
     return BudgetPolicy(batch_size, options.warmup, options.min_speculative, options.max_speculative,
-                        options.check_margin, options.max_check_gap)
+                        options.check_margin, options.max_check_gap, options.align_full_steps)

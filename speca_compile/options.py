@@ -58,6 +58,9 @@ class Options:
     acceptance: str = "budget"
     check_margin: float = 0.5       # budget: unchecked while the estimate stays under this share of tau
     max_check_gap: int = 5          # budget: at most this many steps between checks
+    # budget: full steps by estimate fall on every n-th step of the trajectory (a sample due one
+    # before the next such step takes it early), so samples of a batch compute fully together
+    align_full_steps: int = 2
     verify_block: int = -1
     error_metric: str = "rel_l2"
     on_reject: str = "recompute"
@@ -125,6 +128,7 @@ class Options:
         _check_choice("acceptance", self.acceptance, ACCEPTANCES)
         _check_real("check_margin", self.check_margin, 0.0, 1.0, low_open=True)
         _check_int("max_check_gap", self.max_check_gap, 1, None)
+        _check_int("align_full_steps", self.align_full_steps, 1, None)
         _check_type("verify_block", self.verify_block, int)
         _check_choice("error_metric", self.error_metric, ERROR_METRICS)
         _check_choice("on_reject", self.on_reject, ON_REJECT)

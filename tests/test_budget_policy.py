@@ -51,6 +51,13 @@ def test_a_run_ends_when_its_summed_errors_would_exceed_the_budget():
     assert drive(budget(), 12, linear(0.01)) == ["FFAAAAFAAAAF"]
 
 
+def test_full_steps_by_estimate_fall_on_the_alignment_grid():
+    # align=2: on even steps the estimate looks one step ahead.  Step 6 (k=5) would spend
+    # 0.10 + 0.05 anyway; at step 10 (k=4) 0.06 + 0.04 would fit, but 0.06 + 0.04 + 0.05 by
+    # step 11 would not, so the run ends early, on the grid: full steps at 6 and 10, never odd
+    assert drive(budget(align=2), 12, linear(0.01)) == ["FFAAAAFAAAFA"]
+
+
 def test_the_per_step_threshold_runs_far_longer_on_the_same_errors():
     # each error 0.01 k <= 0.105 up to k = 10: runs of 10 (the reason for the budget: see
     # runtime/budget_policy.py)
@@ -155,3 +162,15 @@ def test_auto_end_to_end_sets_the_threshold_from_the_first_checks():
     assert math.isinf(summary["thresholds"][first])
     assert stats["threshold"]["tau0"] == pytest.approx(expected)
     assert summary["thresholds"][first + 1] < expected and summary["thresholds"][first + 1] > 0.3 * expected
+
+
+def test_rejections_are_recomputed_exactly_under_the_budget_policy():
+    """tau0=0: every forecast is checked (no slope has a budget to spend), rejected and
+    recomputed, so the output is the full-compute result, as under the step rule."""
+    z = helpers.build("reference_dit")
+    full = helpers.trajectory(z, z.model, 2, 12, seed=4)
+    compiled = torch.compile(z.model, backend="speca", options={"lowering": "eager", "tau0": 0.0})
+    out = helpers.trajectory(z, compiled, 2, 12, seed=4)
+    summary = speca_compile.stats(compiled)["trajectories"][-1]
+    assert [d for d in summary["decisions"][3:]] == ["RR"] * 9
+    assert helpers.rel_err(out, full) < 1e-5

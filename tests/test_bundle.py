@@ -193,6 +193,37 @@ def test_original_style_dit_with_cfg_exports_and_loads(tmp_path):
     expected = _guided_run(compiled, x, y)
     assert helpers.rel_err(_guided_run(loaded, x, y), expected) < 1e-4
     assert helpers.rel_err(expected[0], _guided_run(model, x, y, steps=1)[0]) < 1e-4   # a full step: eager's
+    # and in a process that cannot import the model's code (tests.reference_dit) or diffusers
+    torch.save({"x": x, "y": y}, tmp_path / "inputs.pt")
+    done = subprocess.run([sys.executable, "-c", _GUIDED_RUNNER, str(path), str(tmp_path / "inputs.pt"),
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert helpers.rel_err(got["outs"], expected) < 1e-4
+    assert got["decisions"] == speca_compile.stats(compiled)["trajectories"][-1]["decisions"]
+
+
+# _guided_run in a process where the model's code cannot be imported
+_GUIDED_RUNNER = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in ("diffusers", "tests", "speca_compile.reference")):
+            raise ImportError(name + " is blocked: a bundle must run without the model's code")
+sys.meta_path.insert(0, _Blocked())
+import torch, speca_compile
+bundle, inputs, out = sys.argv[1:]
+data = torch.load(inputs, weights_only=True)
+model, x, y = speca_compile.load(bundle), data["x"], data["y"]
+outs, ts = [], torch.linspace(1.0, 0.2, 8)
+with torch.no_grad(), speca_compile.generation():
+    for k, t in enumerate(ts):
+        o = model(x, torch.full((x.shape[0],), float(t)), y)[0]
+        outs.append(o)
+        if k + 1 < len(ts):
+            x = x + (ts[k + 1] - t) * o[:, :4]
+torch.save({"outs": torch.stack(outs), "decisions": model.stats()["trajectories"][-1]["decisions"]}, out)
+"""
 
 
 hypothesis = pytest.importorskip("hypothesis")
