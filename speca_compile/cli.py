@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept")
     bench.add_argument("--tau0", default="",
                        help="comma-separated thresholds (numbers or 'auto'), one row each; default: each "
-                            "policy's own list (budget: 0.1,0.2,0.3,0.4,0.6,auto; step: 0.02,0.05,0.1,0.2,0.4)")
+                            "policy's own list (budget: 0.1,0.2,0.3,0.4,auto; step: 0.05,0.1,0.2)")
     bench.add_argument("--acceptance", default="budget,step",
                        help="comma-separated speculation policies, rows for each: budget (the default: a run's "
                             "errors share the threshold), step (SpeCa's per-step rule with its former settings)")

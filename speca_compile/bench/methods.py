@@ -184,7 +184,7 @@ DEFAULTS = Options()   # a row's name lists only the settings that differ from t
 STEP_POLICY = {"acceptance": "step", "warmup": 3, "min_speculative": 2, "max_speculative": 5}
 # each policy's thresholds when ``--tau0`` is not given: their scales differ (a budget sums
 # a run's errors; a step threshold bounds one)
-POLICY_TAUS = {"budget": (0.1, 0.2, 0.3, 0.4, 0.6, "auto"), "step": (0.02, 0.05, 0.1, 0.2, 0.4)}
+POLICY_TAUS = {"budget": (0.1, 0.2, 0.3, 0.4, "auto"), "step": (0.05, 0.1, 0.2)}
 
 
 def speca_rows(config):
