@@ -42,10 +42,6 @@ class StepPlan:
             return Outcome.ACCEPTED
         return Outcome.REJECTED if self.on_reject == "recompute" else Outcome.DEFERRED
 
-    def kept(self) -> List[int]:
-        """Positions (within the speculative samples) whose forecast result stands."""
-        return [j for j, s in enumerate(self.speculative) if self.outcomes[s] is not Outcome.REJECTED]
-
     def recompute(self) -> List[int]:
         """Samples the full path runs: those due a full step and the rejected ones, in one run."""
         return sorted(self.full + [s for s in self.speculative if self.outcomes[s] is Outcome.REJECTED])
