@@ -124,11 +124,18 @@ class CallInputs:
         return tuple(a for i, (name, a) in enumerate(zip(self.program.placeholders, args))
                      if name in self.program.user_inputs and i not in skip and isinstance(a, torch.Tensor))
 
-    def signature(self, args) -> Tuple:
+    def signature(self, args, rows: Optional[int] = None) -> Tuple:
         """The input shapes (and symbolic sizes) that must match for a call to continue a
-        trajectory; the timestep's value is not part of it."""
+        trajectory; the timestep's value is not part of it.  ``rows``: the signature of
+        that many of the call's rows (a generation's share of a call naming its rows), the
+        batched inputs' leading axis (and a symbolic batch size) set to it."""
         program = self.program
-        return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a
-                     for i, (name, a) in enumerate(zip(program.placeholders, args))
+        batched = set(self.batch_inputs or ()) if rows is not None else set()
+
+        def shape(i, a):
+            if isinstance(a, torch.Tensor):
+                return (rows,) + tuple(a.shape[1:]) if i in batched and a.dim() else tuple(a.shape)
+            return rows if i in batched else a
+        return tuple(shape(i, a) for i, (name, a) in enumerate(zip(program.placeholders, args))
                      if name in program.user_inputs and i != self.timestep_index
                      and not isinstance(a, float))

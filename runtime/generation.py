@@ -18,12 +18,15 @@ never infers the generation from global history; it is named, in this order:
    has its own implicit scope (context variables), so concurrent callers
    never share state.
 
-Designed for rows from many requests: a serving loop will hand one batched
-call whose rows belong to different requests at different timesteps, each row
-naming its generation.  Sample state is already per sample (policy counters,
-cache windows and timesteps are indexed by sample), so that call splits its
-rows by generation, routes each group as ``routing`` routes a call, and the
-step plans of the groups run as one sub-batch per path.
+Rows from many requests: a serving loop hands one batched call whose rows
+belong to different requests at different timesteps, each row naming its
+generation (``with speca_compile.rows([g1, g1, g2]):``, one generation per
+row of the call).  The runner splits the rows by generation, routes each
+group as ``routing`` routes a call (each request keeps its own trajectory,
+cache window and policy), and the step plans of all groups run as one
+sub-batch per path.  A generation may carry per-request ``overrides``
+(``tau0``, ``speculate``) that its trajectories use instead of the compiled
+model's options.
 
 Inside one scope the runtime still tells trajectories apart (separately
 called CFG branches, a raw sampling loop run twice): that fallback lives in
@@ -39,9 +42,16 @@ import contextvars
 import itertools
 import threading
 import weakref
-from typing import Hashable, Optional
+from typing import Dict, Hashable, Optional, Tuple
 
 from torch.utils.weak import WeakIdKeyDictionary
+
+# The generation of each row of the next calls (``speca_compile.rows``), per thread / task.
+_ROWS: contextvars.ContextVar[Optional[Tuple["Generation", ...]]] = contextvars.ContextVar(
+    "speca_row_generations", default=None)
+
+# What a generation may run differently from its compiled model's options (one request's settings)
+OVERRIDES = ("tau0", "speculate")
 
 # Identity numbers only (stats show them); no state is attached to the counter.
 _NUMBERS = itertools.count(1)
@@ -65,14 +75,15 @@ class Generation:
     number whenever a trajectory starts while none of the scope is active.
     """
 
-    __slots__ = ("number", "kind", "label", "ended", "owner", "__weakref__")
+    __slots__ = ("number", "kind", "label", "ended", "owner", "overrides", "__weakref__")
 
-    def __init__(self, kind: str, label: Hashable = None, owner=None):
+    def __init__(self, kind: str, label: Hashable = None, owner=None, overrides: Optional[Dict] = None):
         self.number = new_number()
         self.kind = kind
         self.label = label    # the caller's name for it, shown in stats
         self.ended = False
         self.owner = owner   # the thread token or task an implicit scope belongs to
+        self.overrides = dict(overrides or {})   # OVERRIDES: what this generation runs differently
 
     @property
     def numbered(self) -> bool:
@@ -136,6 +147,34 @@ def _owner():
     if token is None:
         token = _THREAD.token = _ThreadToken()
     return token
+
+
+def row_generations() -> Optional[Tuple[Generation, ...]]:
+    """The generation of each row of a call made now, if the caller named them."""
+    return _ROWS.get()
+
+
+def enter_rows(rows: Tuple[Generation, ...]) -> contextvars.Token:
+    return _ROWS.set(rows)
+
+
+def leave_rows(token: contextvars.Token) -> None:
+    _ROWS.reset(token)
+
+
+def check_overrides(overrides: Dict) -> Dict:
+    """``overrides`` checked: only OVERRIDES keys; tau0 a number > 0 or "auto", speculate a bool."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"generation overrides: unknown key(s) {unknown}; valid: {list(OVERRIDES)}")
+    tau0 = overrides.get("tau0")
+    if tau0 is not None and tau0 != "auto" and (isinstance(tau0, bool) or not isinstance(tau0, (int, float))
+                                                or not tau0 > 0 or tau0 == float("inf")):
+        raise ValueError(f"generation overrides: tau0 must be a finite number > 0 or 'auto', got {tau0!r}")
+    speculate = overrides.get("speculate")
+    if speculate is not None and not isinstance(speculate, bool):
+        raise ValueError(f"generation overrides: speculate must be true or false, got {speculate!r}")
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def enter(generation: Generation) -> contextvars.Token:

@@ -178,6 +178,11 @@ class Router:
     def active(self) -> List:
         return [tr for s in self._live for tr in s.active]
 
+    def of(self, generation: Generation) -> List:
+        """The active trajectories of ``generation`` (none once it was swept)."""
+        state = self._states.get(generation)
+        return list(state.active) if state is not None else []
+
 
 def _same_tensors(a: Tuple, b: Tuple) -> bool:
     if len(a) != len(b):

@@ -38,7 +38,8 @@ from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
-from speca_compile.runtime.policy import Outcome
+from speca_compile.errors import SpecaError
+from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.routing import Router
 from speca_compile.runtime.step_plan import StepPlan
 from speca_compile.runtime.threshold import threshold
@@ -101,18 +102,47 @@ class Runner:
                 self._unplaced(number, problem)
             return self._structure(self._run_full(self._view(args, None)))
         batch = len(times)
-        generation = generations.current(self.options.generation_key)
-        signature = self.inputs.signature(args)
-        with self.router.lock:
-            traj = self.router.route(generation, times[0], signature, self.inputs.latent(args, batch),
-                                     self.inputs.condition(args), lambda n: Trajectory(n, signature, batch, times[0], self.options,
-                                                          self.groups))
-        with traj.lock:
+        owners = generations.row_generations()
+        if owners is not None and len(owners) != batch:
+            raise SpecaError(f"speca_compile.rows names {len(owners)} generation(s) for a call of batch "
+                             f"{batch}: name one per row")
+        owners = owners or (generations.current(self.options.generation_key),) * batch
+        parts = self._route(args, times, owners)
+        with contextlib.ExitStack() as held:   # every trajectory of the call, in one order (no deadlock)
+            for part in sorted(parts, key=lambda p: p.traj.number):
+                held.enter_context(part.traj.lock)
             if not self.speculating:
                 env = self._run_full(self._view(args, None))
-                self._log(traj, StepRecord(times[0], None, [Outcome.FULL] * batch, [None] * batch))
+                for part in parts:
+                    n = len(part.rows)
+                    self._log(part.traj, StepRecord(float(part.times[0]), None, [Outcome.FULL] * n, [None] * n))
                 return self._structure(env)
-            return self._step(args, traj, torch.tensor(times, dtype=torch.float64))
+            return self._step(args, parts, batch)
+
+    def _route(self, args, times: List[float], owners: Sequence) -> List["Part"]:
+        """The call's rows grouped by generation (in order of first row), each group routed to
+        the trajectory it continues (``routing``)."""
+        batch = len(times)
+        by_generation: Dict[int, Tuple[object, List[int]]] = {}
+        for row, owner in enumerate(owners):
+            by_generation.setdefault(id(owner), (owner, []))[1].append(row)
+        latent = self.inputs.latent(args, batch)
+        condition = self.inputs.condition(args)
+        parts = []
+        with self.router.lock:
+            for owner, rows in by_generation.values():
+                index = torch.tensor(rows, dtype=torch.long)
+                whole = len(rows) == batch
+                signature = self.inputs.signature(args, None if whole else len(rows))
+                size, t0 = len(rows), times[rows[0]]
+                traj = self.router.route(
+                    owner, t0, signature, latent if whole or latent is None else take_rows(latent, index),
+                    condition if whole else tuple(take_rows(c, index) if c.shape[:1] == (batch,) else c
+                                                  for c in condition),
+                    lambda n, size=size, t0=t0, owner=owner: Trajectory(
+                        n, signature, size, t0, self.options, self.groups, owner.overrides))
+                parts.append(Part(traj, rows, torch.tensor([times[r] for r in rows], dtype=torch.float64)))
+        return parts
 
     def _unplaced(self, number: int, problem: str) -> None:
         with self.router.lock:
@@ -131,58 +161,80 @@ class Runner:
         if self.options.progress is not None:
             self.options.progress(traj.progress())
 
-    def _step(self, args, traj: Trajectory, times: torch.Tensor):
-        batch = len(times)
-        scaled = times / traj.t_scale
-        tau0 = self.calibration.tau0()   # None: tau0="auto" before the first checks measured it
-        tau = math.inf if tau0 is None else threshold(tau0, self.options.beta, float(times[0]), traj.t_first)
-        horizons = [n + 1 for n in traj.policy.since_full]
-        plan = StepPlan(traj.policy.decide(tau), tau, self.options.on_reject)
+    def _step(self, args, parts: List["Part"], batch: int):
+        """One denoising step of every part (a trajectory's rows of this call): each part's
+        policy decides for its samples, and all parts' samples share one run per path."""
+        owner: Dict[int, Tuple["Part", int]] = {}
+        for part in parts:
+            self._plan(part)
+            owner.update((row, (part, s)) for s, row in enumerate(part.rows))
+        speculative = sorted(p.rows[s] for p in parts for s in p.plan.speculative)
+        checked = [owner[r][0].plan.decisions[owner[r][1]] is Decision.CHECK for r in speculative]
         pieces: List[Tuple[BatchView, Env]] = []
         errors: Dict[int, float] = {}
         used_by_view = []
-        for rows, checked in self._speculative_groups(plan):
+        for rows, flags in self._speculative_groups(speculative, checked):
             view = self._view(args, rows, batch)
-            env, view_errors, used = self._speculate(view, traj, checked, scaled)
+            env, view_errors, used = self._speculate(view, owner, flags)
             pieces.append((view, env))
             errors.update(zip(rows, (float(e) for e in view_errors)))
             used_by_view.append((view, used))
-        plan.judge([errors[s] for s in plan.speculative], traj.policy.accepts)
-        if traj.cache.recursive:
-            for view, used in used_by_view:
-                kept = torch.tensor([j for j, s in enumerate(view.rows.tolist())
-                                     if plan.outcomes[s] is not Outcome.REJECTED], dtype=torch.long)
-                if len(kept):
-                    index = view.rows[kept]
-                    traj.cache.observe(index, scaled[index],
-                                       {c: tuple(take_rows(v, kept) for v in values) for c, values in used.items()})
+        for part in parts:
+            part.plan.judge([errors[part.rows[s]] for s in part.plan.speculative], part.traj.policy.accepts)
+        for view, used in used_by_view:
+            kept = [j for j, r in enumerate(view.rows.tolist())
+                    if owner[r][0].traj.cache.recursive
+                    and owner[r][0].plan.outcomes[owner[r][1]] is not Outcome.REJECTED]
+            for part, positions, samples in _by_part(owner, [view.rows[j] for j in kept], kept):
+                part.traj.cache.observe(samples, part.scaled[samples],
+                                        {c: tuple(_take(v, positions) for v in values)
+                                         for c, values in used.items()})
         # samples due a full step and rejected ones share one full run
-        recompute = plan.recompute()
+        recompute = sorted(p.rows[s] for p in parts for s in p.plan.recompute())
         if recompute:
-            pieces.append(self._full_and_cache(self._view(args, recompute, batch), traj, scaled))
-        self._log(traj, StepRecord(float(times[0]), plan.tau, plan.outcomes, plan.errors))
-        if tau0 is None:
-            self.calibration.observe(traj.number, plan.errors, horizons)
+            pieces.append(self._full_and_cache(self._view(args, recompute, batch), owner))
+        for part in parts:
+            self._log(part.traj, StepRecord(float(part.times[0]), part.plan.tau, part.plan.outcomes,
+                                            part.plan.errors))
+            if part.tau0 is None:
+                self.calibration.observe(part.traj.number, part.plan.errors, part.horizons)
         return self._structure(merge(pieces, self._leaves, batch))
 
-    def _speculative_groups(self, plan: StepPlan) -> List[Tuple[List[int], List[bool]]]:
-        """The speculative samples as the views that run them, with each sample's check flag.
-        Where a view can be a true sub-batch, the samples due a check and the unchecked ones
+    def _plan(self, part: "Part") -> None:
+        """The part's step plan: its policy's decisions at its threshold (a generation's own
+        ``tau0`` or ``speculate=False`` override the compiled model's)."""
+        traj = part.traj
+        part.scaled = part.times / traj.t_scale
+        tau0 = traj.overrides.get("tau0", "auto")
+        part.tau0 = self.calibration.tau0() if tau0 == "auto" else float(tau0)
+        tau = math.inf if part.tau0 is None else threshold(part.tau0, self.options.beta, float(part.times[0]),
+                                                            traj.t_first)
+        part.horizons = [n + 1 for n in traj.policy.since_full]
+        decisions = traj.policy.decide(tau)
+        if traj.overrides.get("speculate") is False:
+            decisions = [Decision.FULL] * len(decisions)
+        part.plan = StepPlan(decisions, tau, self.options.on_reject)
+
+    def _speculative_groups(self, speculative: List[int], checked: List[bool]) -> List[Tuple[List[int], List[bool]]]:
+        """The speculative rows as the views that run them, with each row's check flag.
+        Where a view can be a true sub-batch, the rows due a check and the unchecked ones
         run as two views, so the verify block computes only the checked rows (the prologue and
         epilogue, a small share of a step, run twice); else one view of them all."""
-        if not plan.speculative:
+        if not speculative:
             return []
-        checked = [s for s, c in zip(plan.speculative, plan.checked) if c]
-        unchecked = [s for s, c in zip(plan.speculative, plan.checked) if not c]
-        if not checked or not unchecked or self.batch_inputs is None:
-            return [(plan.speculative, plan.checked)]
-        return [(checked, [True] * len(checked)), (unchecked, [False] * len(unchecked))]
+        due = [r for r, c in zip(speculative, checked) if c]
+        unchecked = [r for r, c in zip(speculative, checked) if not c]
+        if not due or not unchecked or self.batch_inputs is None:
+            return [(speculative, checked)]
+        return [(due, [True] * len(due)), (unchecked, [False] * len(unchecked))]
 
     # ------------------------------------------------------------- full path
-    def _full_and_cache(self, view: BatchView, traj, scaled) -> Tuple[BatchView, Env]:
+    def _full_and_cache(self, view: BatchView, owner: Dict) -> Tuple[BatchView, Env]:
         env = view.select_env(self._run_full(view), self._row_names)
         cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
-        traj.cache.update(view.rows, scaled[view.rows], cuts)
+        for part, positions, samples in _by_part(owner, view.rows.tolist(), range(len(view.rows))):
+            part.traj.cache.update(samples, part.scaled[samples],
+                                   {c: tuple(_take(v, positions) for v in values) for c, values in cuts.items()})
         return view, env
 
     def _run_full(self, view: BatchView) -> Env:
@@ -205,16 +257,17 @@ class Runner:
             self._verify_unbuilt = False
 
     # ------------------------------------------------------ speculative path
-    def _speculate(self, view: BatchView, traj, checked: Sequence[bool], scaled):
-        """Forecast (and check) the view's samples; returns (env, error per sample, and the
-        state used at each cut, one row per sample: what a recursive forecaster records)."""
+    def _speculate(self, view: BatchView, owner: Dict, checked: Sequence[bool]):
+        """Forecast (and check) the view's samples, each from its own trajectory's cache;
+        returns (env, error per sample, and the state used at each cut, one row per sample:
+        what a recursive forecaster records)."""
         env = view.bind()
         check = view.spread(checked)
         cuts, v = self.program.cuts, self.verify_unit
         work = view.work
 
         def predict(group: str, base):
-            return _forecast(traj.cache, group, view, scaled, base)
+            return _forecast(owner, group, view, base)
 
         self._run_segment(env, self.program.prologue)
         state = self._values(env, 0)
@@ -276,22 +329,70 @@ class Runner:
             "evicted_trajectories": evicted,
         }
 
+    def summaries_of(self, generation) -> List[Dict]:
+        """The summaries of ``generation``'s active trajectories (a served request's counts)."""
+        with self.router.lock:
+            return [tr.summary() for tr in self.router.of(generation)]
+
     def reset(self) -> None:
         with self.router.lock:
             self.router.reset()
 
 
-def _forecast(cache, group: str, view: BatchView, scaled: torch.Tensor, base):
-    """The forecast of ``group`` for the rows the engines compute.  Only the view's samples are
-    forecast: where the engines compute every row (inputs not sliceable), the other rows are
-    zeros (a sample restarted this step has no cache to forecast from); they are computed
-    through and discarded, and no op of a DiT mixes rows."""
-    if view.sliced:
-        return cache.predict(group, view.work, scaled[view.work], base)
-    rows = view.rows
-    part = cache.predict(group, rows, scaled[rows], tuple(take_rows(b, rows) for b in base))
-    return tuple(p.new_zeros((view.batch,) + tuple(p.shape[1:])).index_copy_(0, rows.to(p.device), p)
-                 for p in part)
+class Part:
+    """The rows of one call that continue one trajectory, and their step plan."""
+
+    __slots__ = ("traj", "rows", "times", "scaled", "tau0", "horizons", "plan")
+
+    def __init__(self, traj: Trajectory, rows: List[int], times: torch.Tensor):
+        self.traj = traj
+        self.rows = rows      # call rows, one per sample of the trajectory, in sample order
+        self.times = times    # float64, one per row
+        self.scaled = self.tau0 = self.horizons = self.plan = None
+
+
+def _by_part(owner: Dict, rows: Sequence[int], positions: Sequence[int]):
+    """(part, positions, samples) for the ``rows`` of a call (``positions``: where each sits in
+    the values at hand), grouped by the trajectory that owns them."""
+    grouped: Dict[int, Tuple[Part, List[int], List[int]]] = {}
+    for row, position in zip(rows, positions):
+        part, sample = owner[int(row)]
+        entry = grouped.setdefault(id(part), (part, [], []))
+        entry[1].append(int(position))
+        entry[2].append(sample)
+    return [(part, torch.tensor(pos, dtype=torch.long), torch.tensor(smp, dtype=torch.long))
+            for part, pos, smp in grouped.values()]
+
+
+def _take(value, at: torch.Tensor):
+    """``value``'s rows ``at``; ``value`` itself where ``at`` is all of its rows in order."""
+    if (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == len(at)
+            and torch.equal(at, torch.arange(len(at)))):
+        return value
+    return take_rows(value, at)
+
+
+def _forecast(owner: Dict, group: str, view: BatchView, base):
+    """The forecast of ``group`` for the rows the engines compute, each row's from its own
+    trajectory's cache.  Only the view's samples are forecast: where the engines compute every
+    row (inputs not sliceable), the other rows are zeros (a sample restarted this step has no
+    cache to forecast from); they are computed through and discarded, and no op of a DiT
+    mixes rows."""
+    positions = range(len(view.rows)) if view.sliced else view.rows.tolist()
+    parts = _by_part(owner, view.rows.tolist(), positions)
+    size = len(view.work)
+    if len(parts) == 1 and torch.equal(parts[0][1], torch.arange(size)):
+        part, _, samples = parts[0]    # one trajectory computes every row: no gather or scatter
+        return part.traj.cache.predict(group, samples, part.scaled[samples], base)
+    out = None
+    for part, at, samples in parts:
+        predicted = part.traj.cache.predict(group, samples, part.scaled[samples],
+                                            tuple(take_rows(b, at) for b in base))
+        if out is None:
+            out = tuple(p.new_zeros((size,) + tuple(p.shape[1:])) for p in predicted)
+        for o, p in zip(out, predicted):
+            o.index_copy_(0, at.to(p.device), p)
+    return out
 
 
 def _rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,10 @@ class Trajectory:
     """Policy, feature cache and step log of one denoising run."""
 
     def __init__(self, number: int, signature: Tuple, batch_size: int, t_first: float,
-                 options: Options, groups: Tuple[FeatureGroup, ...]):
+                 options: Options, groups: Tuple[FeatureGroup, ...], overrides: Optional[Dict] = None):
         self.number = number
+        # the generation's own settings (one request's tau0, speculate), checked by generation.py
+        self.overrides = dict(overrides or {})
         self.generation = 0     # set by the router
         self.scope = None       # who named the generation: explicit, pipeline, thread, task
         self.signature = signature

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Hashable, Iterator, Optional
+from typing import Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
 from speca_compile.bundle.export import export
 from speca_compile.bundle.load import load
@@ -23,14 +23,18 @@ from speca_compile.runtime.generation import Generation
 
 __version__ = "0.1.0"
 __all__ = ["apply", "remove", "export", "load", "BundleError", "stats", "reset", "metered", "Options", "valid_keys", "SpecaError", "OptionsError",
-           "GraphAnalysisError", "generation", "new_generation", "end_generation", "Generation", "__version__"]
+           "GraphAnalysisError", "generation", "new_generation", "rows", "end_generation", "Generation", "__version__"]
 
 
-def new_generation(label: Hashable = None) -> Generation:
+def new_generation(label: Hashable = None, **overrides) -> Generation:
     """A generation to scope calls with later (``with speca_compile.generation(g):``), e.g.
     one per request of a server that interleaves requests.  Its state lives until
-    ``end_generation(g)`` or until nothing refers to ``g`` any more."""
-    return Generation("explicit", label=label)
+    ``end_generation(g)`` or until nothing refers to ``g`` any more.
+
+    ``overrides``: what this generation runs differently from the compiled model's options,
+    ``tau0`` (a number, or "auto": the model's calibrated value) and ``speculate`` (False:
+    every step full).  A ValueError names a bad one."""
+    return Generation("explicit", label=label, overrides=_generation.check_overrides(overrides))
 
 
 def end_generation(generation: Generation) -> None:
@@ -63,6 +67,26 @@ def generation(resume: Optional[Generation] = None, label: Hashable = None) -> I
         _generation.leave(token)
         if resume is None:
             scope.ended = True
+
+
+@contextlib.contextmanager
+def rows(generations: Sequence[Generation]) -> Iterator[Tuple[Generation, ...]]:
+    """Name the generation of every row of the calls made inside the block: one batched call
+    whose rows belong to different requests, each at its own timestep (a serving step loop).
+    ``generations`` has one entry per row of the call's batch (a request with CFG: its
+    generation twice); a call whose batch differs raises ``SpecaError``."""
+    named = tuple(generations)
+    bad = next((g for g in named if not isinstance(g, Generation)), None)
+    if bad is not None:
+        raise TypeError(f"speca_compile.rows takes speca Generations, got {type(bad).__name__}")
+    ended = next((g for g in named if g.ended), None)
+    if ended is not None:
+        raise SpecaError(f"speca_compile.rows: {ended!r} was ended")
+    token = _generation.enter_rows(named)
+    try:
+        yield named
+    finally:
+        _generation.leave_rows(token)
 
 
 def stats(model) -> Dict:

@@ -86,7 +86,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     tune.add_argument("--images", type=int, default=10)
     tune.add_argument("--out", default="tune_results", help="directory for the sweep's bench.json/md/png")
 
+    from speca_compile.serve.loadtest import register as register_loadtest
+    register_loadtest(sub)
+    serve = sub.add_parser("serve", help="serve a bundle over HTTP on Ray Serve (extra: speca-compile[serve])")
+    serve.add_argument("bundle")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--replicas", type=int, default=1, help="replicas, each with its own step loop")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests advanced per tick and replica")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting per replica; more get 503")
+    serve.add_argument("--address", default=None,
+                       help="join the Ray cluster at ADDR (e.g. auto, or ray://head:10001); default: a local instance")
+    serve.add_argument("--no-speculate", action="store_true", help="full compute on every step")
+
     args = parser.parse_args(argv)
+    if args.command == "loadtest":
+        return args.func(args)
+    if args.command == "serve":
+        from speca_compile.serve.ray_app import serve_command
+        return serve_command(args)
     if args.command == "tune":
         return _tune(args, argv if argv is not None else sys.argv[1:])
     if args.command == "inspect":

@@ -25,11 +25,29 @@ def export_command(args) -> int:
     positional, keywords = example_call(ref, args.batch)
     try:
         path = speca_compile.export(ref.model, positional, args.out, options={"tau0": args.tau0},
-                                    overwrite=args.overwrite, example_kwargs=keywords)
+                                    overwrite=args.overwrite, example_kwargs=keywords, serving=serving_of(ref))
     except SpecaError as exc:
         raise SystemExit(f"speca export: {exc}") from None
     print(inspect_bundle(path))
     return 0
+
+
+def serving_of(ref):
+    """How ``speca serve`` drives a reference model's bundle: its sampler, the unconditional
+    inputs of classifier-free guidance (the null class, as the model was trained with), and its
+    image layout; None for a model without that knowledge (served by the default rules)."""
+    from speca_compile.reference.models import NULL_CLASS, SIZE
+
+    if ref.name == "dit_digits":
+        return {"sampler": "ddim", "negative_inputs": {"class_labels": NULL_CLASS},
+                "image": {"layout": "chw", "channels": 1, "height": SIZE, "width": SIZE}}
+    if ref.name == "flux_digits":
+        with torch.no_grad():
+            tokens, pooled = ref.label_encoder(torch.tensor([NULL_CLASS]))
+        return {"sampler": "flow",
+                "negative_inputs": {"encoder_hidden_states": tokens[0], "pooled_projections": pooled[0]},
+                "image": {"layout": "packed", "channels": 1, "height": SIZE, "width": SIZE, "patch": 2}}
+    return None
 
 
 def example_call(ref, batch: int):

@@ -41,7 +41,8 @@ _NOT_OPTIONS = ("lowering", "cache_dir", "progress", "on_lowering_error", "gener
 
 
 def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Mapping[str, Any]] = None,
-           overwrite: bool = False, dynamic: bool = True, example_kwargs: Optional[Mapping] = None) -> Path:
+           overwrite: bool = False, dynamic: bool = True, example_kwargs: Optional[Mapping] = None,
+           serving: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``model``'s speca engines for ``example_inputs`` to the bundle ``out_dir``; returns its path.
 
     ``example_inputs``: a dict of keyword arguments, a tuple of positional ones,
@@ -57,6 +58,7 @@ def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Ma
                           "leave them out of options")
     args, kwargs = _split(example_inputs)
     kwargs.update(example_kwargs or {})
+    serving = _serving_section(serving)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -74,7 +76,8 @@ def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Ma
         manifest = describe(runners[-1], bundle, _positions(model))
         torch.save({"args": list(args), "kwargs": dict(kwargs)}, bundle / EXAMPLE_INPUTS)
         files = {p.name: file_digest(p) for p in sorted(bundle.iterdir())}
-        manifest = dataclasses.replace(manifest, files=files)
+        manifest = dataclasses.replace(manifest, files=files, serving=serving)
+        mf.parse(json.loads(json.dumps(manifest.to_json())))   # the loader's checks, before anything is moved
         (bundle / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
         _move_into_place(bundle, out, overwrite)
     finally:
@@ -147,6 +150,23 @@ def _segment(index: int, segment, engine, bundle: Path) -> mf.SegmentDecl:
     return mf.SegmentDecl(segment.name, file, tuple(segment.inputs), tuple(segment.outputs),
                           tuple(variant.io.tensor_inputs), tuple(variant.input_names),
                           tuple(variant.io.tensor_outputs), data.name if data is not None else None)
+
+
+def _serving_section(serving: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``serving`` as JSON values (tensors as nested lists), or BundleError naming the field."""
+    if serving is None:
+        return None
+    if not isinstance(serving, Mapping):
+        raise BundleError(f"export: serving must be a dict, got {type(serving).__name__}")
+    out = dict(serving)
+    if out.get("negative_inputs") is not None:
+        out["negative_inputs"] = {k: v.tolist() if isinstance(v, torch.Tensor) else v
+                                  for k, v in dict(out["negative_inputs"]).items()}
+    try:
+        json.dumps(out)
+    except TypeError as exc:
+        raise BundleError(f"export: serving is not JSON-serialisable ({exc})") from None
+    return out
 
 
 def _output_names(tree) -> Tuple[str, ...]:

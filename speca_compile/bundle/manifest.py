@@ -70,6 +70,9 @@ class Manifest:
     settings: Dict[str, Any]
     files: Dict[str, str]                     # file name -> sha256
     created_with: Dict[str, str]
+    # how ``speca serve`` drives it (``serve/spec.py``): sampler, latent input, default negative
+    # inputs, image layout; optional (added within schema 2: older readers ignore it)
+    serving: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -125,7 +128,8 @@ def parse(data: Any) -> Manifest:
     manifest = Manifest(inputs, placeholders, segments, cuts, units, stack, outputs, timestep_index,
                         batch_inputs, batch_size, reason,
                         {**{k: settings[k] for k in SETTINGS},
-                         **{k: settings.get(k, default) for k, default in LATER_SETTINGS.items()}}, files, created)
+                         **{k: settings.get(k, default) for k, default in LATER_SETTINGS.items()}}, files, created,
+                        _serving(obj.get("serving"), set(keys)))
     absent = [n for n in needed_segments(manifest) if n not in names]
     if absent:
         raise BundleError(f"manifest.json: 'segments' lacks {', '.join(absent)}, which the runtime runs")
@@ -145,6 +149,40 @@ def needed_segments(manifest: Manifest) -> List[str]:
                               f"into the {len(units)} units")
         names.append(units[verify])
     return names
+
+
+SERVING_KEYS = ("sampler", "latent", "negative_inputs", "image")
+IMAGE_KEYS = ("layout", "channels", "height", "width", "patch", "value_range")
+
+
+def _serving(value, keys) -> Optional[Dict[str, Any]]:
+    """The optional ``serving`` section, checked (its use: ``serve/spec.py``)."""
+    if value is None:
+        return None
+    obj = _dict(value, "serving")
+    unknown = sorted(set(obj) - set(SERVING_KEYS))
+    if unknown:
+        raise BundleError(f"manifest.json: 'serving' has unknown field(s) {unknown}; valid: {list(SERVING_KEYS)}")
+    if obj.get("sampler") is not None and obj["sampler"] not in ("ddim", "flow"):
+        raise BundleError(f"manifest.json: serving.sampler is {obj['sampler']!r}, expected 'ddim' or 'flow'")
+    if obj.get("latent") is not None and obj["latent"] not in keys:
+        raise BundleError(f"manifest.json: serving.latent {obj['latent']!r} is not one of the inputs {sorted(keys)}")
+    negative = obj.get("negative_inputs")
+    if negative is not None:
+        for k in _dict(negative, "serving.negative_inputs"):
+            if k not in keys:
+                raise BundleError(f"manifest.json: serving.negative_inputs names {k!r}, not an input")
+    image = obj.get("image")
+    if image is not None:
+        image = _dict(image, "serving.image")
+        bad = sorted(set(image) - set(IMAGE_KEYS))
+        if bad or image.get("layout") not in ("chw", "packed"):
+            raise BundleError(f"manifest.json: serving.image must have layout 'chw' or 'packed' and only "
+                              f"{list(IMAGE_KEYS)}, got {image!r}")
+        for k in ("channels", "height", "width", "patch"):
+            if k in image and not (_is_int(image[k]) and image[k] > 0):
+                raise BundleError(f"manifest.json: serving.image.{k} must be a positive integer, got {image[k]!r}")
+    return dict(obj)
 
 
 # ---------------------------------------------------------------- field checks
