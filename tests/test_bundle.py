@@ -13,7 +13,6 @@ import speca_compile
 from speca_compile.bundle import export as export_mod
 from speca_compile.bundle import manifest as mf
 from speca_compile.errors import BundleError
-from speca_compile.reference import store
 from tests import helpers
 from tests.reference_dit import OriginalDiT, PolyDiT
 
@@ -21,23 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
 
 
-def _fixed_inputs(ref, batch):
-    """The reference model's call inputs besides latents and timestep (both CFG halves)."""
-    extra = ref.make_inputs(batch, 1)
-    return {k: v for k, v in extra.items() if k != "labels"}
-
-
 @pytest.fixture(scope="module", params=["dit_digits", "flux_digits"])
-def exported(request, tmp_path_factory):
-    ref = store.load(request.param)
-    batch = 3
-    fixed = _fixed_inputs(ref, batch)
-    noise = helpers.noise_for(ref, batch, 0)
-    path = tmp_path_factory.mktemp(request.param) / "bundle"
-    speca_compile.export(ref.model, (torch.cat([noise, noise]),), path,
-                         example_kwargs={"timestep": torch.full((2 * batch,), 0.5), **fixed,
-                                         "return_dict": False})
-    return ref, path, fixed, noise
+def exported(request, reference_bundles):
+    return reference_bundles.get(request.param)
 
 
 def test_bundle_reproduces_the_compiled_model_in_a_process_without_model_code(exported, tmp_path):

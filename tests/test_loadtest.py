@@ -315,7 +315,7 @@ def test_register_wires_the_cli_end_to_end(tmp_path, capsys):
         args = parser.parse_args(["loadtest", fake.url, "--rate", "100,max", "--requests", "3", "--steps", "2",
                                   "--timeout", "5", "--out", str(tmp_path / "res")])
         assert args.func is lt.loadtest_command
-        assert (args.max_batch, args.guidance, args.seed, args.configs) == (8, 4.0, 0, "single,request,step-full,step-spec")
+        assert (args.max_batch, args.guidance, args.seed, args.configs) == (8, 1.5, 0, "single,request,step-full,step-spec")
         assert args.func(args) == 0
     out = capsys.readouterr()
     assert "| server | max | 3/3 |" in out.out

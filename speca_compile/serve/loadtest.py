@@ -524,7 +524,7 @@ def _server_stats(url: str) -> Optional[Any]:
 
 
 def loadtest(target: str, rates: Sequence[Rate] = (MAX,), requests: int = 32, *, steps: int = 50,
-             guidance: Optional[float] = 4.0, max_batch: int = 8, max_queue: int = 256,
+             guidance: Optional[float] = 1.5, max_batch: int = 8, max_queue: int = 256,
              timeout: float = 300.0, configs: Sequence[str] = DEFAULT_CONFIGS, seed: int = 0,
              warmup: int = 1, server_factory: Optional[ServerFactory] = None,
              progress: bool = True) -> Dict[str, Any]:
@@ -635,7 +635,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
                         "saturation); default: max")
     p.add_argument("--requests", type=int, default=32, help="requests per rate (default 32)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps per request (default 50)")
-    p.add_argument("--guidance", type=float, default=4.0, help="guidance_scale of every request (default 4.0)")
+    p.add_argument("--guidance", type=float, default=1.5,
+                   help="guidance_scale of every request (default 1.5, the reference models' own)")
     p.add_argument("--max-batch", type=int, default=8, help="server batch size, bundle targets (default 8)")
     p.add_argument("--max-queue", type=int, default=256, help="server queue bound, bundle targets (default 256)")
     p.add_argument("--timeout", type=float, default=300.0, help="client timeout per request in s (default 300)")

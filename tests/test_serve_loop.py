@@ -1,0 +1,169 @@
+"""The serving step loop on both trained reference bundles: a request in a mixed, changing
+batch gives what it gives alone; replays are bit-identical; the queue is bounded; nothing is
+lost when a call fails or the loop stops."""
+
+import concurrent.futures
+
+import pytest
+import torch
+
+import speca_compile
+from speca_compile.bench.quality import psnr
+from speca_compile.serve.protocol import parse_generate
+from speca_compile.serve.step_loop import LoopStopped, QueueFull, StepLoop
+
+STEPS = 50
+GUIDANCE = 1.5     # the reference models' own guidance scale
+JOINS = [0, 0, 3, 7, 12, 20]   # the tick each request arrives at
+
+
+def _body(spec, model, i):
+    example = model.by_key(*model.example_inputs())
+    inputs = {c.key: example[c.key][i % 3].tolist() for c in spec.conditions}   # rows 0-2: conditional
+    return {"inputs": inputs, "seed": 100 + i, "steps": STEPS, "guidance_scale": GUIDANCE}
+
+
+def _drive(loop, bodies, joins):
+    """Submit body k at tick ``joins[k]``, tick until all are answered; the results in order."""
+    futures = {}
+    for tick in range(10 * STEPS):
+        for k, at in enumerate(joins):
+            if at == tick:
+                futures[k] = loop.submit(parse_generate(bodies[k], loop.spec))
+        loop.tick()
+        if len(futures) == len(bodies) and all(f.done() for f in futures.values()):
+            return [futures[k].result() for k in range(len(bodies))]
+    raise AssertionError("requests not answered")
+
+
+@pytest.fixture(scope="module", params=["dit_digits", "flux_digits"])
+def served(request, reference_bundles):
+    _, path, _, _ = reference_bundles.get(request.param)
+    model = speca_compile.load(path)
+    loop = StepLoop(model, max_batch=8)
+    bodies = [_body(loop.spec, model, i) for i in range(len(JOINS))]
+    return request.param, model, loop, bodies
+
+
+def test_a_request_in_a_mixed_batch_matches_it_alone(served):
+    name, model, loop, bodies = served
+    alone = [_drive(loop, [b], [0])[0] for b in bodies]
+    mixed = _drive(loop, bodies, JOINS)
+    assert loop.counters()["mean_batch_requests"] > 1.5    # batches really were mixed
+    differing = 0
+    for a, m in zip(alone, mixed):
+        assert a.stats["full"] + a.stats["speculative"] == STEPS * 2   # two CFG rows per step
+        assert a.stats["speculative"] > 0
+        quality = psnr(m.latent, a.latent)
+        assert quality >= 40, (name, quality)
+        differing += (m.stats["full"], m.stats["rejected"]) != (a.stats["full"], a.stats["rejected"])
+    print(f"{name}: {differing} of {len(bodies)} requests decided differently in the mixed batch")
+
+
+def test_replaying_an_arrival_sequence_is_bit_identical(served):
+    _, _, loop, bodies = served
+    first = _drive(loop, bodies, JOINS)
+    second = _drive(loop, bodies, JOINS)
+    for a, b in zip(first, second):
+        assert torch.equal(a.latent, b.latent)
+        assert {k: a.stats[k] for k in ("full", "speculative", "rejected")} == \
+               {k: b.stats[k] for k in ("full", "speculative", "rejected")}
+
+
+def test_speculation_against_full_compute_of_the_same_seed(served):
+    name, model, loop, bodies = served
+    full_loop = StepLoop(model, loop.spec, max_batch=8, speculate=False)
+    full = _drive(full_loop, bodies, JOINS)
+    spec = _drive(loop, bodies, JOINS)
+    for f in full:
+        assert f.stats["full"] == STEPS * 2 and f.stats["speculative"] == 0
+    # over the batch of requests, as ``speca bench`` measures (single images vary by several dB)
+    quality = psnr(torch.stack([s.latent for s in spec]), torch.stack([f.latent for f in full]))
+    print(f"{name}: speculative vs full compute {quality:.1f} dB; per request "
+          + ", ".join(f"{psnr(s.latent, f.latent):.1f}" for s, f in zip(spec, full)))
+    assert quality >= 30, name
+    assert sum(s.stats["full"] for s in spec) < 0.6 * sum(f.stats["full"] for f in full)
+
+
+class FailingOnce:
+    """A bundle model whose ``fail_at``-th call raises (a model error during one tick)."""
+
+    def __init__(self, model, fail_at):
+        self.model, self.calls, self.fail_at = model, 0, fail_at
+        self.runner, self.manifest = model.runner, model.manifest
+
+    def __call__(self, **inputs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("injected engine failure")
+        return self.model(**inputs)
+
+
+def test_a_failed_call_fails_that_tick_only_and_the_loop_goes_on(served):
+    name, model, loop, bodies = served
+    if name != "dit_digits":
+        pytest.skip("one model suffices: the loop is model-agnostic")
+    flaky = StepLoop(FailingOnce(model, fail_at=3), loop.spec, max_batch=8)
+    first = [flaky.submit(parse_generate(b, loop.spec)) for b in bodies[:2]]
+    for _ in range(5):
+        flaky.tick()
+    for f in first:
+        with pytest.raises(RuntimeError, match="injected"):
+            f.result(timeout=0)
+    later = _drive(flaky, bodies[2:4], [0, 1])
+    assert all(r.stats["steps"] == STEPS for r in later)
+    counters = flaky.counters()
+    assert counters["failed"] == 2 and counters["served"] == 2 and counters["in_flight"] == 0
+
+
+def test_the_queue_is_bounded_and_stopping_answers_everyone(served):
+    name, model, loop, bodies = served
+    if name != "dit_digits":
+        pytest.skip("one model suffices: the loop is model-agnostic")
+    small = StepLoop(model, loop.spec, max_batch=1, max_queue=2)
+    futures = [small.submit(parse_generate(b, loop.spec)) for b in bodies[:2]]
+    with pytest.raises(QueueFull) as full:
+        small.submit(parse_generate(bodies[2], loop.spec))
+    assert full.value.retry_after > 0
+    small.start()
+    small.stop()
+    for f in futures:   # answered: a result if it finished, else LoopStopped; never pending
+        assert f.done()
+        try:
+            f.result(timeout=0)
+        except LoopStopped:
+            pass
+    assert small.counters()["rejected"] == 1
+    with pytest.raises(LoopStopped):
+        small.submit(parse_generate(bodies[0], loop.spec))
+
+
+def test_request_level_batching_admits_a_new_batch_only_when_the_last_finished(served):
+    name, model, loop, bodies = served
+    if name != "dit_digits":
+        pytest.skip("one model suffices: the loop is model-agnostic")
+    batched = StepLoop(model, loop.spec, max_batch=2, mode="request")
+    futures = [batched.submit(parse_generate(b, loop.spec)) for b in bodies[:3]]
+    for _ in range(STEPS):
+        batched.tick()
+    assert futures[0].done() and futures[1].done() and not futures[2].done()
+    for _ in range(STEPS):
+        batched.tick()
+    assert futures[2].done()
+    assert futures[2].result().stats["queue_s"] > futures[0].result().stats["queue_s"]
+    assert batched.counters()["mean_batch_requests"] == pytest.approx(1.5)
+
+
+def test_threaded_loop_serves_concurrent_submissions(served):
+    name, model, loop, bodies = served
+    if name != "dit_digits":
+        pytest.skip("one model suffices: the loop is model-agnostic")
+    threaded = StepLoop(model, loop.spec, max_batch=4).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = list(pool.map(lambda b: threaded.submit(parse_generate(b, loop.spec)), bodies))
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        threaded.stop()
+    assert all(r.stats["steps"] == STEPS for r in results)
+    assert threaded.counters()["served"] == len(bodies)
