@@ -1,8 +1,9 @@
 """``speca export``, ``speca run`` and ``speca inspect BUNDLE``.
 
-``speca run`` samples with the bundle's example conditioning and fresh noise:
-DDIM when the example timestep is an integer-scale one (> 1.5), else flow
-(sigma in [0, 1]); the first input is the latent.
+``speca run`` samples with the bundle's example conditioning and fresh noise,
+with the sampler the manifest's ``serving`` section names; without one, DDIM
+when the example timestep is an integer-scale one (> 1.5), else flow (sigma
+in [0, 1]); the first input is the latent.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def run_command(args) -> int:
     kwargs.pop("return_dict", None)
     timestep_key = model.manifest.placeholders[model.manifest.timestep_index].key
     latent_key = model.manifest.inputs[0].key
-    kind = "ddim" if float(kwargs[timestep_key].flatten()[0]) > 1.5 else "flow"
+    kind = (model.manifest.serving or {}).get("sampler") or (
+        "ddim" if float(kwargs[timestep_key].flatten()[0]) > 1.5 else "flow")
     latent = kwargs[latent_key]
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(args.seed), dtype=latent.dtype)
 
