@@ -237,12 +237,25 @@ def make_session(path, on_gpu: bool, what: str):
     # ORT's worker threads spin after each run by default; between engine calls the
     # runtime runs torch ops (forecast, merge), which the spinning threads starve
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                 if on_gpu and cuda_provider_available() else ["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if on_gpu and cuda_provider_available():
+        # ONNX Runtime computes on torch's current stream, so consecutive segments and the
+        # runtime's torch ops are ordered by the stream itself, with no device synchronisation
+        providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device(),
+                                                "user_compute_stream": str(torch.cuda.current_stream().cuda_stream)}),
+                     "CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), session_options, providers=providers)
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:
         raise LoweringError(f"{what}: ONNX Runtime could not load {path}: {exc}") from exc
+    if on_gpu and len(providers) > 1:
+        SESSION_STREAMS[id(session)] = torch.cuda.current_stream().cuda_stream
+    return session
+
+
+# session -> the CUDA stream it computes on (``make_session``): a run on another stream must
+# synchronise first.  Keyed by id; entries are tiny and live as long as the process.
+SESSION_STREAMS: Dict[int, int] = {}
 
 
 def run_session(session, input_names: Sequence[str], output_names: Sequence[str],
@@ -258,8 +271,9 @@ def run_session(session, input_names: Sequence[str], output_names: Sequence[str]
     on_device = device.type == "cuda" and "CUDAExecutionProvider" in session.get_providers()
     binding = session.io_binding()
     keep = []   # the bound memory must outlive the run
+    run_options = None
     if on_device:
-        torch.cuda.current_stream(device).synchronize()   # ONNX Runtime reads on its own stream
+        run_options = _stream_run_options(session, device)
     for name, tensor in zip(input_names, tensors):
         tensor = tensor.detach().contiguous() if on_device else _as_numpy(tensor)
         keep.append(tensor)
@@ -270,11 +284,26 @@ def run_session(session, input_names: Sequence[str], output_names: Sequence[str]
             binding.bind_cpu_input(name, tensor)
     for name in output_names:
         binding.bind_output(name, "cuda" if on_device else "cpu", (device.index or 0) if on_device else 0)
-    session.run_with_iobinding(binding)
+    session.run_with_iobinding(binding, run_options)
     outputs = [torch.from_dlpack(value) for value in binding.get_outputs()]
     if device.type != "cpu" and not on_device:
         outputs = [o.to(device) for o in outputs]
     return outputs
+
+
+def _stream_run_options(session, device: torch.device):
+    """Run options for a CUDA run: on the session's own stream (torch's current one when it
+    was made) nothing synchronises, neither before (the stream orders the inputs' producers)
+    nor after (the outputs' consumers are queued on it too); on another stream, synchronise
+    that stream first, as ONNX Runtime then reads on its own."""
+    ort = import_onnxruntime()
+    current = torch.cuda.current_stream(device)
+    options = ort.RunOptions()
+    if SESSION_STREAMS.get(id(session)) == current.cuda_stream:
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    else:
+        current.synchronize()
+    return options
 
 
 def _as_numpy(t: torch.Tensor):

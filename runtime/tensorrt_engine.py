@@ -93,12 +93,13 @@ class TensorRTEngine(OnnxRuntimeEngine):
             ctx.set_input_shape(name, tuple(t.shape))
             ctx.set_tensor_address(name, t.data_ptr())
         outputs = []
-        for name in variant.output_names:
+        device = tensors[0].device if tensors else torch.device("cuda", torch.cuda.current_device())
+        for name in variant.output_names:   # on the inputs' device, not whichever is current
             out = torch.empty(tuple(ctx.get_tensor_shape(name)),
-                              dtype=_torch_dtype(trt, variant.engine.get_tensor_dtype(name)), device="cuda")
+                              dtype=_torch_dtype(trt, variant.engine.get_tensor_dtype(name)), device=device)
             ctx.set_tensor_address(name, out.data_ptr())
             outputs.append(out)
-        if not ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        if not ctx.execute_async_v3(torch.cuda.current_stream(device).cuda_stream):
             raise LoweringError(f"segment {self.segment.name!r}: TensorRT execute_async_v3 failed")
         return outputs
 
