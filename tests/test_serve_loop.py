@@ -45,36 +45,49 @@ def served(request, reference_bundles):
     return request.param, model, loop, bodies
 
 
-def test_a_request_in_a_mixed_batch_matches_it_alone(served):
+@pytest.fixture(scope="module")
+def dit(reference_bundles):
+    """The DiT bundle's loop alone, for what does not depend on the model (faults, modes)."""
+    model = speca_compile.load(reference_bundles.get("dit_digits")[1])
+    loop = StepLoop(model, max_batch=8)
+    return "dit_digits", model, loop, [_body(loop.spec, model, i) for i in range(len(JOINS))]
+
+
+@pytest.fixture(scope="module")
+def runs(served):
+    """Each request alone, all of them mixed (twice), and mixed with full compute."""
     name, model, loop, bodies = served
     alone = [_drive(loop, [b], [0])[0] for b in bodies]
     mixed = _drive(loop, bodies, JOINS)
-    assert loop.counters()["mean_batch_requests"] > 1.5    # batches really were mixed
+    mean_batch = loop.counters()["mean_batch_requests"]
+    again = _drive(loop, bodies, JOINS)
+    full = _drive(StepLoop(model, loop.spec, max_batch=8, speculate=False), bodies, JOINS)
+    return {"alone": alone, "mixed": mixed, "again": again, "full": full, "mean_batch": mean_batch}
+
+
+def test_a_request_in_a_mixed_batch_matches_it_alone(served, runs):
+    name = served[0]
+    assert runs["mean_batch"] > 1.5    # batches really were mixed
     differing = 0
-    for a, m in zip(alone, mixed):
+    for a, m in zip(runs["alone"], runs["mixed"]):
         assert a.stats["full"] + a.stats["speculative"] == STEPS * 2   # two CFG rows per step
         assert a.stats["speculative"] > 0
         quality = psnr(m.latent, a.latent)
         assert quality >= 40, (name, quality)
         differing += (m.stats["full"], m.stats["rejected"]) != (a.stats["full"], a.stats["rejected"])
-    print(f"{name}: {differing} of {len(bodies)} requests decided differently in the mixed batch")
+    print(f"{name}: {differing} of {len(runs['alone'])} requests decided differently in the mixed batch")
 
 
-def test_replaying_an_arrival_sequence_is_bit_identical(served):
-    _, _, loop, bodies = served
-    first = _drive(loop, bodies, JOINS)
-    second = _drive(loop, bodies, JOINS)
-    for a, b in zip(first, second):
+def test_replaying_an_arrival_sequence_is_bit_identical(runs):
+    for a, b in zip(runs["mixed"], runs["again"]):
         assert torch.equal(a.latent, b.latent)
         assert {k: a.stats[k] for k in ("full", "speculative", "rejected")} == \
                {k: b.stats[k] for k in ("full", "speculative", "rejected")}
 
 
-def test_speculation_against_full_compute_of_the_same_seed(served):
-    name, model, loop, bodies = served
-    full_loop = StepLoop(model, loop.spec, max_batch=8, speculate=False)
-    full = _drive(full_loop, bodies, JOINS)
-    spec = _drive(loop, bodies, JOINS)
+def test_speculation_against_full_compute_of_the_same_seed(served, runs):
+    name = served[0]
+    full, spec = runs["full"], runs["mixed"]
     for f in full:
         assert f.stats["full"] == STEPS * 2 and f.stats["speculative"] == 0
     # over the batch of requests, as ``speca bench`` measures (single images vary by several dB)
@@ -99,10 +112,8 @@ class FailingOnce:
         return self.model(**inputs)
 
 
-def test_a_failed_call_fails_that_tick_only_and_the_loop_goes_on(served):
-    name, model, loop, bodies = served
-    if name != "dit_digits":
-        pytest.skip("one model suffices: the loop is model-agnostic")
+def test_a_failed_call_fails_that_tick_only_and_the_loop_goes_on(dit):
+    name, model, loop, bodies = dit
     flaky = StepLoop(FailingOnce(model, fail_at=3), loop.spec, max_batch=8)
     first = [flaky.submit(parse_generate(b, loop.spec)) for b in bodies[:2]]
     for _ in range(5):
@@ -116,10 +127,8 @@ def test_a_failed_call_fails_that_tick_only_and_the_loop_goes_on(served):
     assert counters["failed"] == 2 and counters["served"] == 2 and counters["in_flight"] == 0
 
 
-def test_the_queue_is_bounded_and_stopping_answers_everyone(served):
-    name, model, loop, bodies = served
-    if name != "dit_digits":
-        pytest.skip("one model suffices: the loop is model-agnostic")
+def test_the_queue_is_bounded_and_stopping_answers_everyone(dit):
+    name, model, loop, bodies = dit
     small = StepLoop(model, loop.spec, max_batch=1, max_queue=2)
     futures = [small.submit(parse_generate(b, loop.spec)) for b in bodies[:2]]
     with pytest.raises(QueueFull) as full:
@@ -138,10 +147,8 @@ def test_the_queue_is_bounded_and_stopping_answers_everyone(served):
         small.submit(parse_generate(bodies[0], loop.spec))
 
 
-def test_request_level_batching_admits_a_new_batch_only_when_the_last_finished(served):
-    name, model, loop, bodies = served
-    if name != "dit_digits":
-        pytest.skip("one model suffices: the loop is model-agnostic")
+def test_request_level_batching_admits_a_new_batch_only_when_the_last_finished(dit):
+    name, model, loop, bodies = dit
     batched = StepLoop(model, loop.spec, max_batch=2, mode="request")
     futures = [batched.submit(parse_generate(b, loop.spec)) for b in bodies[:3]]
     for _ in range(STEPS):
@@ -154,10 +161,8 @@ def test_request_level_batching_admits_a_new_batch_only_when_the_last_finished(s
     assert batched.counters()["mean_batch_requests"] == pytest.approx(1.5)
 
 
-def test_threaded_loop_serves_concurrent_submissions(served):
-    name, model, loop, bodies = served
-    if name != "dit_digits":
-        pytest.skip("one model suffices: the loop is model-agnostic")
+def test_threaded_loop_serves_concurrent_submissions(dit):
+    name, model, loop, bodies = dit
     threaded = StepLoop(model, loop.spec, max_batch=4).start()
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
