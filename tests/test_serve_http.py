@@ -123,3 +123,15 @@ def test_a_bundle_that_fails_its_checksum_fails_health_with_the_reason(dit_bundl
         assert status == 503 and onnx.name in answer["error"] and "sha256" in answer["error"]
         status, answer, _ = _call(url, "/generate", {"inputs": {}, "seed": 0, "steps": 1})
         assert status == 503 and "sha256" in answer["error"]
+
+
+def test_speca_serve_refuses_a_broken_bundle_or_bad_sizes_before_starting_ray(dit_bundle, tmp_path):
+    from speca_compile.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dit_bundle, broken)
+    (broken / "manifest.json").write_text("{}")
+    with pytest.raises(SystemExit, match="speca serve: .*format"):
+        main(["serve", str(broken)])
+    with pytest.raises(SystemExit, match="--replicas must be >= 1"):
+        main(["serve", str(dit_bundle), "--replicas", "0"])
