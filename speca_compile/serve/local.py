@@ -72,6 +72,12 @@ def make_handler(service: Service):
     return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # the listen backlog: the default 5 resets connections when a burst of clients connects at once
+    request_queue_size = 1024
+
+
 @contextlib.contextmanager
 def local_server(bundle, *, mode: str = "step", speculate: bool = True, max_batch: int = 8,
                  max_queue: int = 256, host: str = "127.0.0.1", port: int = 0, model=None) -> Iterator[str]:
@@ -79,8 +85,7 @@ def local_server(bundle, *, mode: str = "step", speculate: bool = True, max_batc
     loop and the server stop when the block ends, answering any request still open."""
     service = Service(bundle, ServeConfig(max_batch=max_batch, max_queue=max_queue, mode=mode,
                                           speculate=speculate), model=model)
-    server = http.server.ThreadingHTTPServer((host, port), make_handler(service))
-    server.daemon_threads = True
+    server = _Server((host, port), make_handler(service))
     thread = threading.Thread(target=server.serve_forever, name="speca-http", daemon=True)
     thread.start()
     try:

@@ -8,9 +8,17 @@ batches whatever requests it holds, step by step.  A replica takes up to
 ``max_queue + max_batch`` requests at once (``max_ongoing_requests``): the
 step loop, not Ray, decides what waits.
 
-``check_health`` is Ray's health check: a replica whose bundle failed to
-load (a checksum mismatch names the file) or whose loop died reports the
-reason, and Ray Serve marks it unhealthy and replaces it.
+``check_health`` is Ray's health check: a replica whose loop died reports the
+reason, and Ray Serve replaces it.  A replica whose bundle failed to load (a
+checksum mismatch names the file) fails the check Ray runs before it counts
+a replica as started: after three tries the deployment is DEPLOY_FAILED and
+``serve.status()`` carries the reason (measured with Ray 2.60); ``speca
+serve`` checks the bundle before deploying, so the command says it first.
+
+When a replica dies mid-request, Ray's proxy answers its requests 500 with a
+plain-text body (not this contract's JSON); requests it retries elsewhere
+whose body was lost get 408 here (``BODY_TIMEOUT_S``), and the proxy's own
+``request_timeout_s`` bounds anything else: nothing waits forever.
 
 No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
 (``Request``) at run time, through Ray's wrappers.
@@ -34,6 +42,7 @@ except ImportError as exc:   # the base install: say what to install
 from speca_compile.serve.service import Reply, ServeConfig, Service
 
 APP_NAME = "speca"
+BODY_TIMEOUT_S = 30.0   # a request body not received by then: 408 (measured: a retry after a replica was killed)
 app = FastAPI(title="speca serve")
 
 
@@ -52,7 +61,11 @@ class SpecaReplica:
 
     @app.post("/generate")
     async def generate(self, request: Request) -> JSONResponse:
-        submitted = self.service.submit(await request.body())
+        try:   # Ray Serve can retry a request here after a dead replica consumed its body: never wait forever
+            raw = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return JSONResponse({"error": f"body: not received within {BODY_TIMEOUT_S} s"}, status_code=408)
+        submitted = self.service.submit(raw)
         if isinstance(submitted, Reply):
             return _response(submitted)
         timeout = self.service.config.request_timeout_s
@@ -104,7 +117,9 @@ def deploy(bundle, config: ServeConfig = ServeConfig(), replicas: int = 1, host:
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+    # (a Serve instance already running keeps its own host and port: Ray logs so)
+    serve.start(http_options={"host": host, "port": port,
+                              "request_timeout_s": config.request_timeout_s + 60})
     return serve.run(application(bundle, config, replicas), name=APP_NAME, route_prefix="/")
 
 

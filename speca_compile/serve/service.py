@@ -16,8 +16,8 @@ status codes live in one place:
   example conditioning row I (clients and ``speca loadtest`` start from it).
 
 A bundle that cannot be loaded does not raise here: the service records why,
-and every endpoint says so, so a replica fails its health check with the
-reason instead of crashing in a restart loop with no answer.
+and every endpoint says so (the stdlib front end answers 503 with the
+reason; on Ray Serve the replica's health check raises it, see ``ray_app``).
 """
 
 from __future__ import annotations
