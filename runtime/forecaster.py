@@ -111,15 +111,16 @@ class TaylorForecaster(Forecaster):
         self.times[index] = 0.0
 
     def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Newton basis weights [len(index), terms]; zero beyond a sample's history."""
-        times = times.to(torch.float64)
-        hist = self.times[index]
-        count = self.count[index]
-        w = torch.ones(len(index), self.terms, dtype=torch.float64)
-        for k in range(1, self.terms):
-            w[:, k] = w[:, k - 1] * (times - hist[:, k - 1])
-        usable = torch.arange(self.terms)[None, :] < count[:, None]
-        return torch.where(usable, w, torch.zeros_like(w))
+        """Newton basis weights [len(index), terms]; zero beyond a sample's history.  Computed in
+        Python floats (float64): a handful of numbers per sample, where tensor ops would cost
+        more in dispatch than in arithmetic (a served batch forecasts each request alone)."""
+        rows = []
+        for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
+            w = [1.0]
+            for k in range(1, self.terms):
+                w.append(w[k - 1] * (t - hist[k - 1]))
+            rows.append([v if k < count else 0.0 for k, v in enumerate(w)])
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), self.terms)
 
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
         if self.diffs is None or bool((self.count[index] == 0).any()):

@@ -25,14 +25,6 @@ import torch
 from speca_compile.runtime.forecaster import TaylorForecaster
 
 
-def physicists_hermite(y: torch.Tensor, degree: int) -> torch.Tensor:
-    """[..., degree + 1]: H_0(y) .. H_degree(y), by H_{n+1} = 2y H_n - 2n H_{n-1}."""
-    values = [torch.ones_like(y), 2 * y]
-    for n in range(1, degree):
-        values.append(2 * y * values[n] - 2 * n * values[n - 1])
-    return torch.stack(values[:degree + 1], dim=-1)
-
-
 class HermiteForecaster(TaylorForecaster):
     """Taylor's divided differences, evaluated in HiCache's scaled Hermite basis."""
 
@@ -41,24 +33,25 @@ class HermiteForecaster(TaylorForecaster):
         self.sigma = sigma
 
     def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Per sample, the weight of each divided difference ([len(index), terms])."""
-        times = times.to(torch.float64)
-        hist = self.times[index]
-        count = self.count[index]
-        terms = self.terms
-        # newton[k, m]: coefficient of u^m in prod_{j<k} (u + (t0 - t_j)), u = t - t0
-        newton = torch.zeros(len(index), terms, terms, dtype=torch.float64)
-        newton[:, 0, 0] = 1.0
-        for k in range(1, terms):
-            shift = (hist[:, 0] - hist[:, k - 1])[:, None]
-            newton[:, k, 1:] = newton[:, k - 1, :-1]
-            newton[:, k] += shift * newton[:, k - 1]
-        gap = hist[:, 0] - hist[:, 1] if terms > 1 else torch.ones(len(index), dtype=torch.float64)
-        gap = torch.where((count >= 2) & (gap != 0), gap, torch.ones_like(gap))
-        x = (times - hist[:, 0]) / gap
-        powers = gap[:, None] ** torch.arange(terms, dtype=torch.float64)
-        basis = powers * self.sigma ** torch.arange(terms, dtype=torch.float64) \
-            * physicists_hermite(self.sigma * x, terms - 1)          # [n, m]: replaces u^m
-        w = torch.einsum("nkm,nm->nk", newton, basis)
-        usable = torch.arange(terms)[None, :] < count[:, None]
-        return torch.where(usable, w, torch.zeros_like(w))
+        """Per sample, the weight of each divided difference ([len(index), terms]), in Python
+        floats (float64: a few numbers per sample; tensor ops would cost more in dispatch)."""
+        terms, sigma = self.terms, self.sigma
+        rows = []
+        for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
+            # newton[k][m]: coefficient of u^m in prod_{j<k} (u + (t0 - t_j)), u = t - t0
+            newton = [[1.0] + [0.0] * (terms - 1)]
+            for k in range(1, terms):
+                shift = hist[0] - hist[k - 1]
+                prev = newton[k - 1]
+                newton.append([(prev[m - 1] if m else 0.0) + shift * prev[m] for m in range(terms)])
+            gap = hist[0] - hist[1] if terms > 1 else 1.0
+            if not (count >= 2 and gap != 0):
+                gap = 1.0
+            y = sigma * ((t - hist[0]) / gap)
+            hermite = [1.0, 2 * y]
+            for n in range(1, terms - 1):
+                hermite.append(2 * y * hermite[n] - 2 * n * hermite[n - 1])
+            basis = [gap ** m * sigma ** m * hermite[m] for m in range(terms)]   # replaces u^m
+            rows.append([sum(c * b for c, b in zip(newton[k], basis)) if k < count else 0.0
+                         for k in range(terms)])
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), terms)
