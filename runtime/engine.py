@@ -170,8 +170,9 @@ def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Option
     """``lowering="auto"`` made concrete for one graph, and a note for ``stats`` saying why.
 
     ONNX Runtime is the default engine, but its CPU build on GPU inputs would copy every
-    segment's inputs to the host and compute there: on a GPU without onnxruntime-gpu's CUDA
-    provider the segments run eagerly on the GPU instead, and the note names the extra."""
+    segment's inputs to the host and compute there: on CUDA without onnxruntime-gpu's CUDA
+    provider the segments run on Inductor instead, and the note names the extra
+    (``auto_lowering``)."""
     options, note = _resolve(options, example_inputs)
     check_precision(options)   # "auto" may have resolved to eager, which has no fp16 graphs
     return options, note
@@ -183,17 +184,28 @@ def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optio
     # under "auto" a segment ONNX cannot export runs eagerly, with a warning and "fallback" in stats
     options = options.replace(on_lowering_error=options.on_lowering_error or "eager")
     devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
+    lowering, note = auto_lowering(devices)
+    return options.replace(lowering=lowering), note
+
+
+def auto_lowering(devices) -> Tuple[str, str]:
+    """What ``lowering="auto"`` runs for inputs on ``devices`` (device types), and why:
+    ONNX Runtime on the CPU; on CUDA ONNX Runtime's CUDA provider where onnxruntime-gpu is
+    installed, else Inductor (compiled once per segment for every sub-batch size, issue 18;
+    the CPU build of ONNX Runtime would copy every segment's inputs to the host); eager on
+    any other device."""
     gpu = sorted(d for d in devices if d != "cpu")
     if not gpu:
-        return options.replace(lowering="onnxruntime"), "lowering 'auto': onnxruntime (inputs on the cpu)"
+        return "onnxruntime", "lowering 'auto': onnxruntime (inputs on the cpu)"
     from speca_compile.runtime.onnxruntime_engine import cuda_provider_available
 
     if gpu == ["cuda"] and cuda_provider_available():
-        return (options.replace(lowering="onnxruntime"),
-                "lowering 'auto': onnxruntime with the CUDA execution provider")
-    return (options.replace(lowering="eager"),
-            f"lowering 'auto': eager (inputs on {', '.join(gpu)} and onnxruntime has no execution "
-            f"provider there; pip install 'speca-compile[gpu]' for ONNX Runtime on CUDA)")
+        return "onnxruntime", "lowering 'auto': onnxruntime with the CUDA execution provider"
+    if gpu == ["cuda"]:
+        return "inductor", ("lowering 'auto': inductor (inputs on cuda and onnxruntime has no CUDA "
+                            "execution provider; pip install 'speca-compile[gpu]' for ONNX Runtime there)")
+    return "eager", (f"lowering 'auto': eager (inputs on {', '.join(gpu)}: neither onnxruntime nor "
+                     f"inductor is used there)")
 
 
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:

@@ -22,11 +22,22 @@ def test_auto_lowering_is_onnxruntime_on_the_cpu_and_says_so_elsewhere():
     assert cpu.on_lowering_error == "eager"       # auto: a segment that cannot export runs eagerly (warned)
     # a device onnxruntime has no provider for (meta stands in for a GPU without onnxruntime-gpu)
     other, note = resolve_lowering(opts, [torch.zeros(2, device="meta")])
-    assert other.lowering == "eager" and "inputs on meta" in note and "speca-compile[gpu]" in note
+    assert other.lowering == "eager" and "inputs on meta" in note
     explicit = Options.parse({"lowering": "onnxruntime"})
     assert resolve_lowering(explicit, [torch.zeros(2)]) == (explicit.replace(on_lowering_error="raise"), None)
     chosen = Options.parse({"on_lowering_error": "raise"})
     assert resolve_lowering(chosen, [torch.zeros(2)])[0].on_lowering_error == "raise"
+
+
+def test_auto_lowering_on_cuda_is_inductor_unless_onnxruntime_has_a_cuda_provider(monkeypatch):
+    from speca_compile.runtime import engine, onnxruntime_engine
+
+    monkeypatch.setattr(onnxruntime_engine, "cuda_provider_available", lambda: False)
+    lowering, note = engine.auto_lowering({"cuda"})
+    assert lowering == "inductor" and "speca-compile[gpu]" in note
+    monkeypatch.setattr(onnxruntime_engine, "cuda_provider_available", lambda: True)
+    assert engine.auto_lowering({"cuda", "cpu"})[0] == "onnxruntime"
+    assert engine.auto_lowering({"cpu"})[0] == "onnxruntime"
 
 
 def test_default_compile_runs_onnxruntime_engines_and_reports_why():
