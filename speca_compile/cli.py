@@ -17,7 +17,7 @@ from speca_compile.bench.suite import REFERENCE
 QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (Options.tau0,), "acceptances": ("budget",),
          "inductor": False, "peers": False}
 LOWERINGS = ("eager", "onnxruntime")          # the default rows
-EXTRA_LOWERINGS = ("inductor",)                # on request: compiles per sub-batch size
+EXTRA_LOWERINGS = ("inductor",)                # on request: compiles each segment once (cold compiles dominate short runs)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
