@@ -135,3 +135,17 @@ def test_speca_serve_refuses_a_broken_bundle_or_bad_sizes_before_starting_ray(di
         main(["serve", str(broken)])
     with pytest.raises(SystemExit, match="--replicas must be >= 1"):
         main(["serve", str(dit_bundle), "--replicas", "0"])
+
+
+def test_a_bundle_with_a_fixed_batch_fails_health_naming_the_input(dit_bundle, tmp_path):
+    """A bundle exported with a static batch (Dynamo tied the batch to an equal axis) cannot
+    batch requests: said at load, not as a 500 at the first request."""
+    fixed = tmp_path / "fixed"
+    shutil.copytree(dit_bundle, fixed)
+    manifest = json.loads((fixed / "manifest.json").read_text())
+    for decl in manifest["inputs"]:
+        decl["shape"][0] = 6
+    (fixed / "manifest.json").write_text(json.dumps(manifest))
+    with local_server(fixed) as url:
+        status, answer, _ = _call(url, "/health")
+        assert status == 503 and "fixed batch of 6" in answer["error"], answer

@@ -102,8 +102,13 @@ def spec_of(model) -> ServingSpec:
     if latent not in declared or latent == timestep:
         raise BundleError(f"{model.path}: serving latent {latent!r} is not a tensor input of the bundle")
     batch = int(example[latent].shape[0])
-    batched = {manifest.placeholders[i].key for i in (manifest.batch_inputs or ())
-               if manifest.placeholders[i].kind == "input"}
+    for key in [latent, timestep] + [k for k in declared if k in _batched_keys(manifest)]:
+        if declared[key].shape and declared[key].shape[0] is not None:
+            raise BundleError(
+                f"{model.path}: input {key!r} has a fixed batch of {declared[key].shape[0]} (shape "
+                f"{list(declared[key].shape)}), so rows of several requests cannot share a call; re-export with "
+                f"dynamic=True and an example batch size unlike the inputs' other axes (Dynamo ties equal sizes)")
+    batched = _batched_keys(manifest)
     conditions, fixed = [], {}
     for key, decl in declared.items():
         if key in (latent, timestep):
@@ -128,6 +133,11 @@ def spec_of(model) -> ServingSpec:
     return ServingSpec(latent, tuple(int(s) for s in example[latent].shape[1:]), _dtype(declared[latent].dtype),
                        timestep, _dtype(declared[timestep].dtype), tuple(conditions), fixed, sampler,
                        negative, image)
+
+
+def _batched_keys(manifest):
+    return {manifest.placeholders[i].key for i in (manifest.batch_inputs or ())
+            if manifest.placeholders[i].kind == "input"}
 
 
 def _default_image(shape: Tuple[int, ...]) -> Optional[ImageLayout]:
