@@ -181,7 +181,8 @@ class Runner:
             used_by_view.append((view, used))
         for part in parts:
             part.plan.judge([errors[part.rows[s]] for s in part.plan.speculative], part.traj.policy.accepts)
-        for view, used in used_by_view:
+        recursive = any(p.traj.cache.recursive for p in parts)   # FoCa: record what was used
+        for view, used in used_by_view if recursive else ():
             kept = [j for j, r in enumerate(view.rows.tolist())
                     if owner[r][0].traj.cache.recursive
                     and owner[r][0].plan.outcomes[owner[r][1]] is not Outcome.REJECTED]

@@ -43,6 +43,7 @@ import torch
 
 import speca_compile
 from speca_compile import sampling
+from speca_compile.runtime.generation import OVERRIDES
 from speca_compile.serve.protocol import GenerateRequest
 from speca_compile.serve.spec import ServingSpec, spec_of
 
@@ -76,7 +77,7 @@ class Job:
         self.number = number
         self.request = request
         self.future: concurrent.futures.Future = concurrent.futures.Future()
-        overrides = {k: v for k, v in request.options.items() if k in ("tau0", "speculate")}
+        overrides = {k: v for k, v in request.options.items() if k in OVERRIDES}
         if not speculate:
             overrides["speculate"] = False
         self.generation = speca_compile.new_generation(label=f"request {number}", **overrides)
