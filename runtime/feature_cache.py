@@ -96,11 +96,22 @@ class FeatureCache:
 
     def predict(self, name: str, index: torch.Tensor, times: torch.Tensor, base: Feature) -> Feature:
         """Forecast the target state of group ``name`` given its (exact or forecast) base."""
-        feature = self.forecasters[name].predict(index, times)
-        pairing = residual_pairing(feature, base)
-        if pairing is not None:
-            return tuple(base[i] + f for f, i in zip(feature, pairing))
-        return feature
+        return add_base(self.forecasters[name].predict(index, times), base)
+
+    def linear_terms(self, name: str, index: torch.Tensor, times: torch.Tensor):
+        """Group ``name``'s forecast of samples ``index`` as weights and rows (``Forecaster.
+        linear_terms``; raises ``NotLinear`` for a forecaster that is not a weighted sum); the
+        caller combines them (``combine_terms``) and adds the base (``add_base``)."""
+        return self.forecasters[name].linear_terms(index, times)
 
     def nbytes(self) -> int:
         return sum(f.nbytes() for f in self.forecasters.values())
+
+
+def add_base(feature: Feature, base: Feature) -> Feature:
+    """The target state from a forecast feature: ``base + feature`` where the feature is a
+    residual of the base's streams, else the feature itself (``FeatureCache._feature``)."""
+    pairing = residual_pairing(feature, base)
+    if pairing is not None:
+        return tuple(base[i] + f for f, i in zip(feature, pairing))
+    return feature

@@ -45,7 +45,7 @@ from typing import List, Optional
 
 import torch
 
-from speca_compile.runtime.forecaster import Feature, TaylorForecaster, _per_sample
+from speca_compile.runtime.forecaster import Feature, NotLinear, TaylorForecaster, _per_sample
 
 
 class FoCaForecaster(TaylorForecaster):
@@ -106,6 +106,9 @@ class FoCaForecaster(TaylorForecaster):
             w[:, k] = w[:, k - 1] * (hist[:, 0] - hist[:, k - 1])
         usable = torch.arange(self.terms)[None, :] < count[:, None]
         return torch.where(usable, w, torch.zeros_like(w))
+
+    def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
+        raise NotLinear("FoCa's predictor corrects with its window: not a weighted sum of rows")
 
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
         if self.diffs is None or bool((self.count[index] == 0).any()):

@@ -33,6 +33,10 @@ import torch
 Feature = Tuple[torch.Tensor, ...]
 
 
+class NotLinear(Exception):
+    """A forecaster whose prediction is not a weighted sum of cached rows (FoCa's)."""
+
+
 class Forecaster:
     """Interface: ``update`` at full steps, ``predict`` at speculative ones."""
 
@@ -41,6 +45,10 @@ class Forecaster:
 
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
         raise NotImplementedError
+
+    def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
+        """The prediction as weights and cached rows (``TaylorForecaster.linear_terms``)."""
+        raise NotLinear(f"{type(self).__name__} does not forecast as a weighted sum of cached rows")
 
     def observe(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
         """The value a speculative step used; only recursive forecasters (FoCa) keep it."""
@@ -123,22 +131,38 @@ class TaylorForecaster(Forecaster):
         return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), self.terms)
 
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
-        if self.diffs is None or bool((self.count[index] == 0).any()):
+        return combine_terms(*self.linear_terms(index, times))
+
+    def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
+        """The forecast as ``(weights [n, terms] float64, rows)``, ``rows[k][stream]`` the samples'
+        k-th divided difference: the prediction is ``sum_k weights[:, k] * rows[k]``
+        (``combine_terms``).  Separate so that a batch whose rows belong to many trajectories
+        (a served batch: one per request) gathers every trajectory's terms and combines them
+        in one pass instead of one small pass per trajectory."""
+        if self.diffs is None or min(self.count[index].tolist(), default=1) == 0:
             raise RuntimeError("forecast requested for a sample with no cached full step")
-        w = self.weights(index, times)
-        out = []
-        for s in range(len(self.diffs[0])):
-            acc = None
-            for k in range(self.terms):
-                term = self.diffs[k][s][index] * _per_sample(w[:, k].to(self.diffs[k][s].dtype), self.diffs[k][s]).to(self.diffs[k][s].device)
-                acc = term if acc is None else acc + term
-            out.append(acc)
-        return tuple(out)
+        whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))
+        rows = [[d if whole else d[index] for d in per_k] for per_k in self.diffs]
+        return self.weights(index, times), rows
 
     def nbytes(self) -> int:
         if self.diffs is None:
             return 0
         return sum(t.numel() * t.element_size() for row in self.diffs for t in row)
+
+
+def combine_terms(weights: torch.Tensor, rows) -> Feature:
+    """``sum_k weights[:, k] * rows[k][stream]`` per stream (``linear_terms``' result)."""
+    out = []
+    for s in range(len(rows[0])):
+        ref = rows[0][s]
+        columns = weights.to(ref.dtype).to(ref.device)
+        acc = None
+        for k in range(len(rows)):
+            term = rows[k][s] * _per_sample(columns[:, k], ref)
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return tuple(out)
 
 
 def make_forecaster(kind: str, order: int, batch_size: int, sigma: float = 0.5) -> Forecaster:

@@ -37,7 +37,8 @@ from speca_compile.runtime.batch_view import BatchView, Env, merge, take_rows
 from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
-from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
+from speca_compile.runtime.feature_cache import add_base, cache_cuts, feature_groups
+from speca_compile.runtime.forecaster import NotLinear, combine_terms
 from speca_compile.errors import SpecaError
 from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.routing import Router
@@ -129,11 +130,15 @@ class Runner:
         latent = self.inputs.latent(args, batch)
         condition = self.inputs.condition(args)
         parts = []
+        signatures: Dict[Optional[int], Tuple] = {}   # by row count: a served batch has a few
         with self.router.lock:
             for owner, rows in by_generation.values():
                 index = torch.tensor(rows, dtype=torch.long)
                 whole = len(rows) == batch
-                signature = self.inputs.signature(args, None if whole else len(rows))
+                count = None if whole else len(rows)
+                if count not in signatures:
+                    signatures[count] = self.inputs.signature(args, count)
+                signature = signatures[count]
                 size, t0 = len(rows), times[rows[0]]
                 traj = self.router.route(
                     owner, t0, signature, latent if whole or latent is None else take_rows(latent, index),
@@ -378,13 +383,31 @@ def _forecast(owner: Dict, group: str, view: BatchView, base):
     trajectory's cache.  Only the view's samples are forecast: where the engines compute every
     row (inputs not sliceable), the other rows are zeros (a sample restarted this step has no
     cache to forecast from); they are computed through and discarded, and no op of a DiT
-    mixes rows."""
+    mixes rows.  Rows of many trajectories (a served batch) are forecast in one pass: each
+    trajectory hands its weights and cached rows, combined once (``Forecaster.linear_terms``)."""
     positions = range(len(view.rows)) if view.sliced else view.rows.tolist()
     parts = _by_part(owner, view.rows.tolist(), positions)
     size = len(view.work)
     if len(parts) == 1 and torch.equal(parts[0][1], torch.arange(size)):
         part, _, samples = parts[0]    # one trajectory computes every row: no gather or scatter
         return part.traj.cache.predict(group, samples, part.scaled[samples], base)
+    try:
+        terms = [part.traj.cache.linear_terms(group, samples, part.scaled[samples]) for part, _, samples in parts]
+    except NotLinear:
+        return _forecast_each(parts, group, size, base)
+    weights = torch.cat([w for w, _ in terms])
+    rows = [[torch.cat([r[k][s] for _, r in terms]) for s in range(len(terms[0][1][0]))]
+            for k in range(len(terms[0][1]))]
+    at = torch.cat([at for _, at, _ in parts])
+    feature = combine_terms(weights, rows)
+    if len(at) != size or not torch.equal(at, torch.arange(size)):
+        feature = tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f)
+                        for f in feature)
+    return add_base(feature, base)
+
+
+def _forecast_each(parts, group: str, size: int, base):
+    """``_forecast`` one trajectory at a time (a forecaster that is not a weighted sum: FoCa)."""
     out = None
     for part, at, samples in parts:
         predicted = part.traj.cache.predict(group, samples, part.scaled[samples],

@@ -67,8 +67,11 @@ def _compiled(z, **options):
                          options={"lowering": "eager", "tau0": 0.3, **options})
 
 
-def test_a_request_in_a_changing_batch_decides_and_computes_as_alone(tiny):
-    model = _compiled(tiny)
+@pytest.mark.parametrize("forecaster", ["hermite", "taylor", "foca"])
+def test_a_request_in_a_changing_batch_decides_and_computes_as_alone(tiny, forecaster):
+    """Hermite (the default) and Taylor forecast a batch of many requests in one pass of their
+    gathered terms; FoCa, whose predictor is no weighted sum, one request at a time."""
+    model = _compiled(tiny, forecaster=forecaster)
     specs = [(1, 3), (2, 5), (3, 7)]
     alone = []
     for seed, label in specs:

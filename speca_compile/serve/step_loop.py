@@ -11,8 +11,8 @@ same path as one sub-batch.
 
 One tick:
 
-1. admit waiting requests (``mode``: ``"step"`` fills free places every tick,
-   ``"request"`` admits a new batch only when the last one finished, waiting
+1. admit waiting requests (``mode``: ``"step"`` fills free places on every
+   tick of the policy's alignment grid (below), ``"request"`` admits a new batch only when the last one finished, waiting
    up to ``batch_wait_s`` for it to fill, ``"single"`` one request at a time),
 2. stack the rows of every active request (its latent, twice under
    classifier-free guidance with its conditional and unconditional inputs),
@@ -20,6 +20,16 @@ One tick:
 3. apply each request's sampler update (DDIM or flow Euler, ``spec.sampler``)
    to its rows' output, and
 4. answer the requests that took their last step.
+
+Admission on the alignment grid.  The policy puts full steps by estimate on
+every ``align_full_steps``-th step of a request's own trajectory, so that a
+batch's samples compute fully together (``runtime/budget_policy.py``).  A
+request admitted on an odd tick would keep the other parity for its whole
+run: half the requests full on even ticks, half on odd, and every tick runs
+two small full sub-batches instead of one large one every other tick.  So
+requests join only on ticks that are multiples of the grid (a wait of at
+most ``align - 1`` ticks); each request's decisions are its own, unchanged,
+whatever tick it joins on.
 
 The queue is bounded (``submit`` raises ``QueueFull``, never waits); a failed
 model call fails the requests of that tick with the error and the loop goes
@@ -144,6 +154,8 @@ class StepLoop:
         self.failure: Optional[str] = None     # why the loop thread died, if it did
         self.counts = collections.Counter()    # served, failed, rejected, ticks, rows, requests_ticked, ...
         self._tick_seconds: Deque[float] = collections.deque(maxlen=32)
+        self.align = _alignment(model) if speculate else 1
+        self._grid = 0    # the tick the current grid started on (the last admission into an idle loop)
 
     # ------------------------------------------------------------- requests
     def submit(self, request: GenerateRequest) -> concurrent.futures.Future:
@@ -205,6 +217,10 @@ class StepLoop:
     def _admit(self) -> None:
         if self.mode != "step" and self.active:
             return   # request-level batching: the batch runs to its end first
+        if not self.active:
+            self._grid = self.counts["ticks"]   # an idle loop admits at once: the grid starts here
+        elif self.mode == "step" and (self.counts["ticks"] - self._grid) % self.align:
+            return   # off the alignment grid (module doc)
         while self.queue and len(self.active) < self.max_batch:
             self.active.append(self.queue.popleft())
 
@@ -308,3 +324,9 @@ class StepLoop:
                     "mean_batch_requests": c["requests_ticked"] / c["ticks"] if c["ticks"] else None,
                     "mean_batch_rows": c["rows"] / c["ticks"] if c["ticks"] else None,
                     "full_fraction": c["full_row_steps"] / c["row_steps"] if c["row_steps"] else None}
+
+
+def _alignment(model) -> int:
+    """The policy's full-step grid (``align_full_steps``) of a loaded bundle; 1 when it has none."""
+    options = getattr(getattr(model, "runner", None), "options", None)
+    return max(1, int(getattr(options, "align_full_steps", 1) or 1))
