@@ -172,3 +172,30 @@ def test_threaded_loop_serves_concurrent_submissions(dit):
         threaded.stop()
     assert all(r.stats["steps"] == STEPS for r in results)
     assert threaded.counters()["served"] == len(bodies)
+
+
+def test_requests_join_on_the_policys_alignment_grid(dit):
+    """Full steps by estimate fall on every 2nd step of a request's own run; a request joining
+    on an odd tick would keep the other parity, so it waits for the next grid tick.  An idle
+    loop admits at once (the grid starts there); full compute has no grid."""
+    name, model, loop, bodies = dit
+    assert model.runner.options.align_full_steps == 2
+    grid = StepLoop(model, loop.spec, max_batch=4)
+    assert grid.align == 2
+    grid.submit(parse_generate(bodies[0], loop.spec))
+    grid.tick()                                    # idle: admitted on tick 0
+    assert len(grid.active) == 1
+    grid.submit(parse_generate(bodies[1], loop.spec))
+    grid.tick()                                    # tick 1: off the grid, waits
+    assert (len(grid.active), len(grid.queue)) == (1, 1)
+    grid.tick()                                    # tick 2: joins
+    assert (len(grid.active), len(grid.queue)) == (2, 0)
+    full = StepLoop(model, loop.spec, max_batch=4, speculate=False)
+    assert full.align == 1
+    full.submit(parse_generate(bodies[0], loop.spec))
+    full.tick()
+    full.submit(parse_generate(bodies[1], loop.spec))
+    full.tick()
+    assert len(full.active) == 2
+    grid.stop()
+    full.stop()
