@@ -36,7 +36,7 @@ from speca_compile.errors import LoweringError, MissingExtraError
 from speca_compile.options import Options
 from speca_compile.passes.partition import Segment
 from speca_compile.runtime.engine import Engine
-from speca_compile.runtime.engine_cache import EngineCache, cache_key, weights_digest
+from speca_compile.runtime.engine_cache import EngineCache, cache_key
 from speca_compile.runtime.engine_check import (CheckFailed, Verdict, bound_for, read_verdict, verdict_key,
                                                 write_verdict)
 from speca_compile.runtime.engine_reuse import agrees_with_eager, candidate, family_key, is_shape_general, remember
@@ -56,13 +56,15 @@ def import_onnxruntime():
 
 
 def export_identity(io_spec: SegmentIO, values: Sequence, options: Options) -> List[str]:
-    """What an exported file depends on besides the segment's graph: tools, options, weights."""
+    """What an exported file depends on besides the segment's graph: tools, options, weights.
+    Each weight by its memoised digest (``tensor_digest``): a weight is read once per process,
+    not once per segment that bakes it in (the fused stack and the verify block share a block's
+    weights; a 3 GB DiT-XL/2 stack was hashed twice, and copied to the CPU each time)."""
     import onnx
     import onnxruntime
 
-    weights = [values[i] for i, s in enumerate(io_spec.inputs) if s.kind == "weight"]
     return [EXPORT_VERSION, options.precision, torch.__version__, onnx.__version__, onnxruntime.__version__,
-            weights_digest(weights)]
+            cache_key("baked", repr(baked_values(io_spec, values)))]
 
 
 def onnx_cache_key(segment: Segment, io_spec: SegmentIO, values: Sequence, options: Options,
