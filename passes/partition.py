@@ -73,6 +73,9 @@ class SpeculativeProgram:
     reason: Optional[str]
     stack: Optional[Segment] = None   # all blocks as one segment (passes.fuse_stack): the full path
     resumed: bool = False             # the graph of a Dynamo resume function (after a graph break)
+    # the prologue's side values as ((name, "row" | "shared" | "count"), ...) (passes.side_values);
+    # None: not known, and a mixed step runs each path's whole graph on its rows
+    side_values: Optional[Tuple[Tuple[str, str], ...]] = None
 
     @property
     def num_units(self) -> int:

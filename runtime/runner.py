@@ -69,6 +69,8 @@ class Runner:
         self.calls = 0
         self.unplaced: List[Dict] = []
         self.unplaced_count = 0
+        # steps whose rows took several paths: with one prologue and epilogue, or one graph per path
+        self.mixed_steps = {"shared_ends": 0, "per_path": 0}
         self.num_units = program.num_units
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
@@ -77,6 +79,15 @@ class Runner:
         # names a view cuts to its rows when the engines computed every row
         self._row_names = sorted({n for c in self.cache_cuts for n in program.cuts[c]} | set(self._leaves))
         self._verify_unbuilt = self.speculating and program.stack is not None
+        # a mixed step sets the prologue's, the last cut's and the epilogue's values for every row
+        self._side_kinds = dict(program.side_values or ())
+        for name in program.cuts[0] if program.cuts else ():   # a graph input fed straight to block 0
+            if name in program.placeholders and name not in self._side_kinds:
+                batched = program.placeholders.index(name) in (batch_inputs or ())
+                self._side_kinds[name] = "row" if batched else "shared"
+        self._ends_give_outputs = bool(program.cuts) and set(self._leaves) <= (
+            set(program.placeholders) | set(program.prologue.outputs) | set(program.epilogue.outputs)
+            | set(program.cuts[-1]))
         self._build_lock = threading.Lock()
         # a dispatch mode entered around every call (speca_compile.metered); None in production
         self.meter = None
@@ -175,6 +186,25 @@ class Runner:
             owner.update((row, (part, s)) for s, row in enumerate(part.rows))
         speculative = sorted(p.rows[s] for p in parts for s in p.plan.speculative)
         checked = [owner[r][0].plan.decisions[owner[r][1]] is Decision.CHECK for r in speculative]
+        shared = self._shares_ends(len(speculative) < batch, checked)
+        if shared:
+            env = self._mixed_step(args, parts, owner, batch, speculative, checked)
+        else:
+            env = self._paths_step(args, parts, owner, batch, speculative, checked)
+        if shared or (speculative and len(speculative) < batch):
+            with self.router.lock:
+                self.mixed_steps["shared_ends" if shared else "per_path"] += 1
+        for part in parts:
+            self._log(part.traj, StepRecord(float(part.times[0]), part.plan.tau, part.plan.outcomes,
+                                            part.plan.errors))
+            if part.tau0 is None:
+                self.calibration.observe(part.traj.number, part.plan.errors, part.horizons)
+        return self._structure(env)
+
+    def _paths_step(self, args, parts: List["Part"], owner: Dict, batch: int, speculative: List[int],
+                    checked: List[bool]) -> Env:
+        """A step as one run of the whole graph per path, each on its rows (``_mixed_step`` is
+        the cheaper form, where the prologue's side values can be cut to rows)."""
         pieces: List[Tuple[BatchView, Env]] = []
         errors: Dict[int, float] = {}
         used_by_view = []
@@ -199,12 +229,85 @@ class Runner:
         recompute = sorted(p.rows[s] for p in parts for s in p.plan.recompute())
         if recompute:
             pieces.append(self._full_and_cache(self._view(args, recompute, batch), owner))
+        return merge(pieces, self._leaves, batch)
+
+    def _shares_ends(self, some_full: bool, checked: List[bool]) -> bool:
+        """Whether this step runs as ``_mixed_step``: its rows take more than one path (or some
+        are checked, and a rejection may add the full one), the inputs and the prologue's side
+        values can be cut to rows, and full steps run the fused stack."""
+        if (self.program.side_values is None or self.batch_inputs is None or self.program.stack is None
+                or not self._ends_give_outputs):
+            return False
+        due = any(checked)
+        return (some_full and bool(checked)) or due
+
+    def _mixed_step(self, args, parts: List["Part"], owner: Dict, batch: int, speculative: List[int],
+                    checked: List[bool]) -> Env:
+        """A step whose rows take different paths, with one prologue and one epilogue over all
+        rows: the verify block runs on the rows due a check, the fused stack on the rows due a
+        full step and the rejected ones (one call), the forecasts on the speculative rows, each
+        from its own trajectory's cache.  Every row computes what it computes in a batch of its
+        own rows (no op of a DiT mixes rows; ``passes/side_values`` proved which side values are
+        per row).  Saves the two or three extra prologue and epilogue calls and views a step of
+        mixed paths costs in ``_paths_step`` (a served batch, or per-sample run lengths)."""
+        program, cuts, v, L = self.program, self.program.cuts, self.verify_unit, self.num_units
+        env = self._view(args, None).bind()
+        self._run_segment(env, program.prologue)
+        spec = BatchView(program.placeholders, self.batch_inputs, args, speculative, batch)
+        at_spec = spec.rows
+        state0 = tuple(self._side_rows(env, name, at_spec) for name in cuts[0])
+        prefix = _forecast(owner, "prefix", spec, state0) if v > 0 else state0
+        state_v1 = _forecast(owner, "verify", spec, prefix)
+        due = [r for r, c in zip(speculative, checked) if c]
+        errors: Dict[int, float] = {}
+        if due:
+            at_due = torch.tensor([j for j, c in enumerate(checked) if c], dtype=torch.long)
+            sub = self._rows_env(args, env, due, batch)   # with the stream inputs at cut 0
+            if v > 0:
+                sub.update(zip(cuts[v], (take_rows(x, at_due) for x in prefix)))
+            with self._section("verify"):
+                self._run_segment(sub, program.units[v])
+            real = self._values(sub, v + 1)
+            errors.update(zip(due, (float(e) for e in relative_error(
+                tuple(take_rows(f, at_due) for f in state_v1), real, self.options.error_metric))))
+            state_v1 = tuple(f.index_copy(0, at_due.to(f.device), r) for f, r in zip(state_v1, real))
         for part in parts:
-            self._log(part.traj, StepRecord(float(part.times[0]), part.plan.tau, part.plan.outcomes,
-                                            part.plan.errors))
-            if part.tau0 is None:
-                self.calibration.observe(part.traj.number, part.plan.errors, part.horizons)
-        return self._structure(merge(pieces, self._leaves, batch))
+            part.plan.judge([errors.get(part.rows[s], 0.0) for s in part.plan.speculative], part.traj.policy.accepts)
+        state_l = _forecast(owner, "rest", spec, state_v1) if v + 1 < L else state_v1
+        if any(p.traj.cache.recursive for p in parts):   # FoCa: record what was used
+            used = {0: state0, v: prefix, v + 1: state_v1, L: state_l}
+            kept = [j for j, r in enumerate(speculative) if owner[r][0].traj.cache.recursive
+                    and owner[r][0].plan.outcomes[owner[r][1]] is not Outcome.REJECTED]
+            for part, positions, samples in _by_part(owner, [speculative[j] for j in kept], kept):
+                part.traj.cache.observe(samples, part.scaled[samples],
+                                        {c: tuple(_take(x, positions) for x in used[c]) for c in self.cache_cuts})
+        final = [x.new_empty((batch,) + tuple(x.shape[1:])).index_copy_(0, at_spec.to(x.device), x)
+                 for x in state_l]
+        recompute = sorted(p.rows[s] for p in parts for s in p.plan.recompute())
+        if recompute:
+            sub = self._rows_env(args, env, recompute, batch)
+            at = torch.tensor(recompute, dtype=torch.long)
+            self._run_segment(sub, program.stack)
+            self._cache_full(sub, recompute, owner)
+            for x, r in zip(final, self._values(sub, L)):
+                x.index_copy_(0, at.to(x.device), r)
+        env.update(zip(cuts[L], final))
+        self._run_segment(env, program.epilogue)
+        return env
+
+    def _rows_env(self, args, env: Env, rows: List[int], batch: int) -> Env:
+        """The graph inputs and the prologue's values (side values, stream inputs) of ``rows``."""
+        sub = self._view(args, rows, batch).bind()
+        at = torch.tensor(rows, dtype=torch.long)
+        for name, _ in self.program.side_values:
+            sub[name] = self._side_rows(env, name, at)
+        return sub
+
+    def _side_rows(self, env: Env, name: str, at: torch.Tensor):
+        """Prologue value ``name`` for the rows ``at``, as its kind says (``passes/side_values``)."""
+        kind = self._side_kinds[name]
+        value = env[name]
+        return take_rows(value, at) if kind == "row" else len(at) if kind == "count" else value
 
     def _plan(self, part: "Part") -> None:
         """The part's step plan: its policy's decisions at its threshold (a generation's own
@@ -237,11 +340,15 @@ class Runner:
     # ------------------------------------------------------------- full path
     def _full_and_cache(self, view: BatchView, owner: Dict) -> Tuple[BatchView, Env]:
         env = view.select_env(self._run_full(view), self._row_names)
+        self._cache_full(env, view.rows.tolist(), owner)
+        return view, env
+
+    def _cache_full(self, env: Env, rows: List[int], owner: Dict) -> None:
+        """Hand each trajectory the full-step state of its ``rows`` (``env``: one row per row)."""
         cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
-        for part, positions, samples in _by_part(owner, view.rows.tolist(), range(len(view.rows))):
+        for part, positions, samples in _by_part(owner, rows, range(len(rows))):
             part.traj.cache.update(samples, part.scaled[samples],
                                    {c: tuple(_take(v, positions) for v in values) for c, values in cuts.items()})
-        return view, env
 
     def _run_full(self, view: BatchView) -> Env:
         env = view.bind()
@@ -315,6 +422,9 @@ class Runner:
             trajectories = [tr.summary() for tr in self.router.all()]
             unplaced = {"count": self.unplaced_count, "latest": list(self.unplaced)}
             evicted = self.router.evicted
+            mixed = dict(self.mixed_steps)
+        side = (None if self.program.side_values is None
+                else {kind: sum(1 for _, k in self.program.side_values if k == kind) for kind in ("row", "shared", "count")})
         return {
             "speculation": self.speculating,
             "reason": self.reason,
@@ -333,6 +443,8 @@ class Runner:
             # calls whose timesteps could not be matched to their batch (they ran full)
             "unplaced_calls": unplaced,
             "evicted_trajectories": evicted,
+            # steps whose rows took several paths; per_path where the side values are not known
+            "mixed_steps": {**mixed, "side_values": side},
         }
 
     def summaries_of(self, generation) -> List[Dict]:

@@ -124,6 +124,10 @@ def stats(model) -> Dict:
         "last_call": _last_call(trajectories),
         # calls whose timesteps matched no batch: run full, each with its reason
         "unplaced_calls": {"count": sum(g["unplaced_calls"]["count"] for g in per_graph), "latest": unplaced},
+        # steps whose rows took several paths: with one prologue and epilogue over all rows
+        # (shared_ends), or one graph per path (per_path: the side values could not be cut to rows)
+        "mixed_steps": {k: sum(g["mixed_steps"][k] for g in per_graph) for k in ("shared_ends", "per_path")},
+        "notes": [n for g in per_graph for n in g["notes"]],
         "per_graph": per_graph,
     }
 

@@ -17,7 +17,7 @@ from torch import fx
 from speca_compile import registry
 from speca_compile.errors import OptionsError
 from speca_compile.options import Options
-from speca_compile.passes import find_batch_inputs, find_blocks, fuse_stack, partition
+from speca_compile.passes import find_batch_inputs, find_blocks, find_side_values, fuse_stack, partition
 from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input, resumes_after_break
 from speca_compile.runtime.engine import lower, resolve_lowering
@@ -46,6 +46,10 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
         batch_inputs, note = find_batch_inputs(gm, example_inputs, program)
         notes.append(note)
     program = fuse_stack(program, _cache_cuts(settings, program, reason))
+    if reason is None:
+        side_values, note = find_side_values(gm, example_inputs, program, batch_inputs)
+        program = dataclasses.replace(program, side_values=side_values)
+        notes.append(note)
     engines = lower(program, settings)
     runner = Runner(program, engines, settings, batch_inputs, timestep_index, reason, notes)
     runner.graph_inputs = describe_graph_inputs(gm, example_inputs)   # for speca_compile.export

@@ -132,7 +132,8 @@ def describe(runner, bundle: Path, positions: Optional[Dict[str, int]] = None) -
                        outputs, runner.timestep_index,
                        None if runner.batch_inputs is None else tuple(runner.batch_inputs),
                        program.batch_size if isinstance(program.batch_size, int) else None,
-                       runner.reason, settings, {}, _versions())
+                       runner.reason, settings, {}, _versions(),
+                       side_values=program.side_values)
 
 
 def _segment(index: int, segment, engine, bundle: Path) -> mf.SegmentDecl:

@@ -132,7 +132,8 @@ class BundleModel:
             user_inputs=tuple(p.name for p in manifest.placeholders if p.kind != "module"),
             segments=segments, cuts=manifest.cuts, output=tuple(ValueRef(n) for n in manifest.outputs),
             plan=plan, shapes={}, batch_size=manifest.batch_size, reason=manifest.reason,
-            stack=declared.get(manifest.stack) if manifest.stack is not None else None)
+            stack=declared.get(manifest.stack) if manifest.stack is not None else None,
+            side_values=manifest.side_values)
         options = Options.parse({**manifest.settings, "lowering": "onnxruntime"})
         self.runner = Runner(program, engines, options, manifest.batch_inputs, manifest.timestep_index,
                              manifest.reason, notes=(f"loaded from bundle {path}",))

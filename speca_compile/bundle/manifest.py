@@ -73,6 +73,9 @@ class Manifest:
     # how ``speca serve`` drives it (``serve/spec.py``): sampler, latent input, default negative
     # inputs, image layout; optional (added within schema 2: older readers ignore it)
     serving: Optional[Dict[str, Any]] = None
+    # the prologue's side values ((name, "row" | "shared" | "count"), ...) (passes/side_values): a
+    # mixed step runs one prologue and epilogue over all rows; optional (added within schema 2)
+    side_values: Optional[Tuple[Tuple[str, str], ...]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -129,7 +132,7 @@ def parse(data: Any) -> Manifest:
                         batch_inputs, batch_size, reason,
                         {**{k: settings[k] for k in SETTINGS},
                          **{k: settings.get(k, default) for k, default in LATER_SETTINGS.items()}}, files, created,
-                        _serving(obj.get("serving"), set(keys)))
+                        _serving(obj.get("serving"), set(keys)), _side_values(obj.get("side_values")))
     absent = [n for n in needed_segments(manifest) if n not in names]
     if absent:
         raise BundleError(f"manifest.json: 'segments' lacks {', '.join(absent)}, which the runtime runs")
@@ -149,6 +152,23 @@ def needed_segments(manifest: Manifest) -> List[str]:
                               f"into the {len(units)} units")
         names.append(units[verify])
     return names
+
+
+SIDE_KINDS = ("row", "shared", "count")
+
+
+def _side_values(value) -> Optional[Tuple[Tuple[str, str], ...]]:
+    """The optional ``side_values`` list of ``[name, kind]`` pairs, checked."""
+    if value is None:
+        return None
+    pairs = []
+    for i, item in enumerate(_list_of(value, "side_values")):
+        if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str)
+                or item[1] not in SIDE_KINDS):
+            raise BundleError(f"manifest.json: side_values[{i}] is {item!r}, expected [name, kind] with kind "
+                              f"one of {list(SIDE_KINDS)}")
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
 
 
 SERVING_KEYS = ("sampler", "latent", "negative_inputs", "image")
