@@ -95,6 +95,22 @@ def test_schema_version_and_broken_manifest_are_named(exported, tmp_path):
         speca_compile.load(tmp_path / "nowhere")
 
 
+def test_side_values_are_recorded_and_checked(exported, tmp_path):
+    """The manifest records which prologue values are per row (mixed steps share one prologue
+    and epilogue); a bad entry is named; a bundle without the field (older) still loads."""
+    path = _copy(exported, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["side_values"] is not None
+    assert {kind for _, kind in manifest["side_values"]} <= {"row", "shared", "count"}
+    manifest["side_values"] = [["x", "sometimes"]]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"side_values\[0\] is \['x', 'sometimes'\]"):
+        speca_compile.load(path)
+    del manifest["side_values"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert speca_compile.load(path).runner.program.side_values is None
+
+
 def test_wrong_inputs_are_named(exported):
     ref, path, fixed, noise = exported
     model = speca_compile.load(path)

@@ -58,16 +58,23 @@ def runs(served):
     """Each request alone, all of them mixed (twice), and mixed with full compute."""
     name, model, loop, bodies = served
     alone = [_drive(loop, [b], [0])[0] for b in bodies]
+    before = dict(model.runner.mixed_steps)
     mixed = _drive(loop, bodies, JOINS)
     mean_batch = loop.counters()["mean_batch_requests"]
+    shared_ends = model.runner.mixed_steps["shared_ends"] - before["shared_ends"]
+    per_path = model.runner.mixed_steps["per_path"] - before["per_path"]
     again = _drive(loop, bodies, JOINS)
     full = _drive(StepLoop(model, loop.spec, max_batch=8, speculate=False), bodies, JOINS)
-    return {"alone": alone, "mixed": mixed, "again": again, "full": full, "mean_batch": mean_batch}
+    return {"alone": alone, "mixed": mixed, "again": again, "full": full, "mean_batch": mean_batch,
+            "shared_ends": shared_ends, "per_path": per_path}
 
 
 def test_a_request_in_a_mixed_batch_matches_it_alone(served, runs):
     name = served[0]
     assert runs["mean_batch"] > 1.5    # batches really were mixed
+    # the bundle records its side values: steps of mixed paths share one prologue and epilogue
+    assert served[1].manifest.side_values is not None
+    assert runs["shared_ends"] > 0 and runs["per_path"] == 0, (runs["shared_ends"], runs["per_path"])
     differing = 0
     for a, m in zip(runs["alone"], runs["mixed"]):
         assert a.stats["full"] + a.stats["speculative"] == STEPS * 2   # two CFG rows per step
