@@ -268,7 +268,8 @@ def _strict_json(text):
 
 def test_report_files_json_and_png(tmp_path):
     with FakeServer(delay=0.01) as fake:
-        result = lt.loadtest(fake.url, [50.0, "max"], 4, steps=3, guidance=2.0, timeout=5.0, progress=False)
+        result = lt.loadtest(fake.url, [50.0, "max"], 4, steps=3, guidance=2.0, timeout=5.0, progress=False,
+                             rounds=1)
     assert [(r["config"], r["rate"]) for r in result["runs"]] == [("server", 50.0), ("server", "max")]
     assert fake.examples == [0, 1, 2, 3]
     measured = fake.posts[1:]                                  # the first POST is the warm-up
@@ -286,6 +287,19 @@ def test_report_files_json_and_png(tmp_path):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["markdown"].read_text()
     assert "| config | rate |" in md and "| server | max | 4/4 |" in md and "| server | 50/s |" in md
+
+
+def test_rounds_repeat_every_run_and_report_the_median_round():
+    with FakeServer(delay=0.01) as fake:
+        result = lt.loadtest(fake.url, ["max"], 3, steps=2, guidance=None, timeout=5.0, progress=False, rounds=3)
+    assert len(fake.posts) == 1 + 3 * 3                          # warm-up, then 3 rounds of 3
+    (run,) = result["runs"]
+    assert len(run["throughput_rounds"]) == 3 and run["ok"] == 3
+    assert run["throughput"] == sorted(run["throughput_rounds"])[1]
+    assert result["settings"]["rounds"] == 3
+    assert "3 round(s)" in report.markdown(result) and "images/s of every round" in report.markdown(result)
+    with pytest.raises(lt.LoadTestError, match="--rounds"):
+        lt.loadtest(fake.url, ["max"], 3, rounds=0, progress=False)
 
 
 def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):

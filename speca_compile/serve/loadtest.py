@@ -453,6 +453,14 @@ def quality(runs: Sequence[Dict[str, Any]], outcomes: Sequence[Sequence[Outcome]
             for config, values in per_config.items()}
 
 
+def median_round(rounds: Sequence[Tuple[Dict[str, Any], List[Outcome]]]):
+    """The (summary, outcomes) of the round with the median throughput (the lower middle one of
+    an even count), its summary listing every round's throughput as ``throughput_rounds``."""
+    ordered = sorted(rounds, key=lambda r: -1.0 if r[0]["throughput"] is None else r[0]["throughput"])
+    summary, outcomes = ordered[(len(ordered) - 1) // 2]
+    return {**summary, "throughput_rounds": [r[0]["throughput"] for r in rounds]}, outcomes
+
+
 def saturation_throughput(runs: Sequence[Dict[str, Any]], config: str) -> Optional[float]:
     """A configuration's throughput at rate ``max`` (the most it delivered at once), or,
     without a ``max`` run, its highest throughput over the rates tried."""
@@ -527,14 +535,16 @@ def loadtest(target: str, rates: Sequence[Rate] = (MAX,), requests: int = 32, *,
              guidance: Optional[float] = 1.5, max_batch: int = 8, max_queue: int = 256,
              timeout: float = 300.0, configs: Sequence[str] = DEFAULT_CONFIGS, seed: int = 0,
              warmup: int = 1, server_factory: Optional[ServerFactory] = None,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, rounds: int = 3) -> Dict[str, Any]:
     """Run the whole load test and return its result (what ``loadtest_report`` writes).
 
     ``target``: a loopback URL (one configuration, ``server``) or a bundle directory (each of
     ``configs`` through ``server_factory(bundle, mode=, speculate=, max_batch=, max_queue=)``,
     default ``local_server``; injectable so tests need no model).  Per configuration, every
-    rate runs against one server, after ``warmup`` unmeasured requests.  The arrival schedule
-    of rate ``rates[k]`` uses seed ``seed + k``, the same for every configuration.
+    rate runs against one server, after ``warmup`` unmeasured requests; ``rounds`` times, the
+    configurations interleaved, each run reported from its median round by throughput (its
+    ``throughput_rounds`` lists them all).  The arrival schedule of rate ``rates[k]`` uses seed
+    ``seed + k``, the same for every configuration and round.
 
     Result keys: ``target``, ``kind`` (url/bundle), ``settings``, ``configs``, ``runs`` (one
     summary per configuration and rate, in run order, with ``config``, ``rate``,
@@ -568,38 +578,54 @@ def loadtest(target: str, rates: Sequence[Rate] = (MAX,), requests: int = 32, *,
     factory = server_factory or _default_server_factory
     schedules = [poisson_arrivals(r, requests, seed + k) for k, r in enumerate(rates)]
 
+    if rounds < 1:
+        raise LoadTestError(f"--rounds must be >= 1, got {rounds}")
     bodies: Optional[List[dict]] = None
-    runs: List[Dict[str, Any]] = []
-    run_outcomes: List[List[Outcome]] = []
     warmups: Dict[str, Any] = {}
-    for label in labels:
-        if kind == "url":
-            server: ContextManager[str] = contextlib.nullcontext(target)
-        else:
-            server = factory(target, max_batch=max_batch, max_queue=max_queue, **CONFIGS[label])
-        with server as url:
+    measured: Dict[Tuple[str, int], List[Tuple[Dict[str, Any], List[Outcome]]]] = {}
+    with contextlib.ExitStack() as open_servers:
+        urls: Dict[str, str] = {}
+        for label in labels:   # every configuration's server is up for the whole run
+            if kind == "url":
+                url = target
+            else:
+                url = open_servers.enter_context(
+                    factory(target, max_batch=max_batch, max_queue=max_queue, **CONFIGS[label]))
             check_loopback(url)
+            urls[label] = url
             if bodies is None:
                 bodies = fetch_bodies(url, requests, steps=steps, guidance=guidance, timeout=min(timeout, 60.0))
             if warmup:
                 warmups[label] = _warmup(url, bodies[0], timeout, warmup)
-            for rate, arrivals in zip(rates, schedules):
-                bar = _Progress(f"{label} @ {_rate_label(rate)}", requests, progress)
-                try:
-                    outcomes = run_load(url, bodies, arrivals, timeout, progress=bar)
-                finally:
-                    bar.close()
-                summary = {"config": label, **summarize(outcomes, rate=rate), "server_stats": _server_stats(url)}
-                runs.append(summary)
-                run_outcomes.append(outcomes)
-                if progress:
-                    print(_one_line(summary), file=sys.stderr, flush=True)
+        # rounds interleave the configurations, so a machine that speeds up or slows down
+        # during the run moves every configuration's figures alike; each keeps its median round
+        for round_ in range(rounds):
+            for label in labels:
+                for k, (rate, arrivals) in enumerate(zip(rates, schedules)):
+                    tag = f"{label} @ {_rate_label(rate)}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else "")
+                    bar = _Progress(tag, requests, progress)
+                    try:
+                        outcomes = run_load(urls[label], bodies, arrivals, timeout, progress=bar)
+                    finally:
+                        bar.close()
+                    summary = {"config": label, **summarize(outcomes, rate=rate),
+                               "server_stats": _server_stats(urls[label])}
+                    measured.setdefault((label, k), []).append((summary, outcomes))
+                    if progress:
+                        print(_one_line(summary), file=sys.stderr, flush=True)
+    runs: List[Dict[str, Any]] = []
+    run_outcomes: List[List[Outcome]] = []
+    for label in labels:
+        for k in range(len(rates)):
+            summary, outcomes = median_round(measured[(label, k)])
+            runs.append(summary)
+            run_outcomes.append(outcomes)
     result: Dict[str, Any] = {
         "target": target,
         "kind": kind,
         "settings": {"rates": rates, "requests": requests, "steps": steps, "guidance": guidance,
                      "max_batch": max_batch, "max_queue": max_queue, "timeout": timeout, "seed": seed,
-                     "warmup": warmup},
+                     "warmup": warmup, "rounds": rounds},
         "configs": labels,
         "warmup": warmups,
         "runs": runs,
@@ -645,6 +671,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
                         f"{', '.join(CONFIGS)}")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival schedules (default 0)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured requests per server first (default 1)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of every configuration, interleaved; each reports its median round (default 3)")
     p.add_argument("--out", default="loadtest_results",
                    help="directory for loadtest.md, loadtest.json and loadtest.png (default loadtest_results)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -663,7 +691,7 @@ def loadtest_command(args: argparse.Namespace) -> int:
         result = loadtest(args.target, rates, args.requests, steps=args.steps, guidance=args.guidance,
                           max_batch=args.max_batch, max_queue=args.max_queue, timeout=args.timeout,
                           configs=configs, seed=args.seed, warmup=max(0, args.warmup),
-                          progress=not args.quiet)
+                          progress=not args.quiet, rounds=args.rounds)
     except SpecaError as exc:   # LoadTestError, or a BundleError from serving the bundle
         print(f"speca loadtest: {exc}", file=sys.stderr)
         return 2

@@ -80,10 +80,16 @@ def markdown(result: Dict[str, Any], plot_note: Optional[str] = None) -> str:
            f"Target `{result['target']}` ({result['kind']}): {s['requests']} requests per rate "
            f"({', '.join(_rate(r) for r in s['rates'])}), {s['steps']} steps, guidance {s['guidance']}, "
            f"max batch {s['max_batch']}, client timeout {s['timeout']:g} s, arrival seed {s['seed']}, "
-           f"{s.get('warmup', 0)} warm-up request(s) per server.", "",
+           f"{s.get('warmup', 0)} warm-up request(s) per server, {s.get('rounds', 1)} round(s) "
+           "with the configurations interleaved (each row: its median round by images/s).", "",
            "Latency: scheduled arrival to answer, successful requests only. images/s: successful "
            "requests / (last completion - first arrival). full steps: sum(full) / sum(full + speculative).",
            "", table(result), ""]
+    spread = [r for r in result["runs"] if len(r.get("throughput_rounds") or []) > 1]
+    if spread:
+        out += ["images/s of every round: " + "; ".join(
+            f"{r['config']} @ {_rate(r['rate'])} " + ", ".join(_f(v, ".2f") for v in r["throughput_rounds"])
+            for r in spread) + ".", ""]
     sat = result.get("saturation") or {}
     if sat:
         out.append("Saturation throughput (rate max, else the best rate): "
