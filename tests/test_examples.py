@@ -54,3 +54,19 @@ def test_engine_cache_times_reports_a_miss_then_a_hit():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "miss, miss, miss, miss" and cells[4] == "hit, hit, hit, hit"
     assert float(cells[3]) < float(cells[1])    # loading from the cache is faster than exporting
+
+
+def test_serve_tick_profile_breaks_a_tick_down_per_engine(reference_bundles, capsys):
+    import runpy
+    import sys
+
+    path = reference_bundles.get("dit_digits")[1]
+    argv = sys.argv
+    sys.argv = ["serve_tick_profile.py", str(path), "--max-batch", "2", "--requests", "3", "--rounds", "1"]
+    try:
+        runpy.run_path(str(REPO / "examples" / "serve_tick_profile.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "step-full:" in out and "step-spec:" in out and "block_stack" in out
+    assert "full / speculative ms per tick, per round:" in out
