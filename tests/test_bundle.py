@@ -95,6 +95,35 @@ def test_schema_version_and_broken_manifest_are_named(exported, tmp_path):
         speca_compile.load(tmp_path / "nowhere")
 
 
+def test_every_segment_carries_its_check_against_eager(exported, tmp_path):
+    """A loaded bundle has no eager segment to compare with: each engine's first-call check at
+    export is recorded (and shown in ``stats``); a record outside its bound is refused, and an
+    engine that was never checked, or failed, is not exported."""
+    from types import SimpleNamespace
+
+    from speca_compile.bundle import export as bundle_export
+    from speca_compile.runtime.engine_check import Verdict
+
+    ref, path, fixed, noise = exported
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for seg in manifest["segments"]:
+        assert seg["check"]["rel_error"] <= seg["check"]["bound"] == 1e-4, seg
+    model = speca_compile.load(path)
+    engines = model.runner.stats()["engines"]
+    assert engines and all(e["checked_at_export"]["rel_error"] <= 1e-4 for e in engines)
+    copy = _copy(exported, tmp_path)
+    manifest["segments"][0]["check"]["rel_error"] = 0.5
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"segments\[0\].check must record a rel_error within its bound"):
+        speca_compile.load(copy)
+    for verdict, says in ((None, "was never checked against eager"),
+                          (Verdict(False, 0.3, 1e-4, "rel L2 3.0e-01"), "disagrees with eager")):
+        engine = SimpleNamespace(variants={"k": SimpleNamespace(verdict=verdict)})
+        segment = SimpleNamespace(name="block_stack")
+        with pytest.raises(BundleError, match=f"the engine of segment 'block_stack' {says}"):
+            bundle_export._segment(0, segment, engine, tmp_path)
+
+
 def test_side_values_are_recorded_and_checked(exported, tmp_path):
     """The manifest records which prologue values are per row (mixed steps share one prologue
     and epilogue); a bad entry is named; a bundle without the field (older) still loads."""

@@ -145,12 +145,21 @@ def _segment(index: int, segment, engine, bundle: Path) -> mf.SegmentDecl:
         raise BundleError(f"export: segment {segment.name!r} has {len(variants)} engine variants (it bakes "
                           "in scalar inputs that changed between calls); bundles hold one per segment")
     variant = next(iter(variants.values()))
+    verdict = getattr(variant, "verdict", None)
+    if verdict is None or not verdict.passed:   # the loader has no eager segment to check against
+        raise BundleError(f"export: the engine of segment {segment.name!r} "
+                          + ("was never checked against eager" if verdict is None else
+                             f"disagrees with eager ({verdict.reason or f'rel L2 {verdict.error:.2e}'}, "
+                             f"bound {verdict.bound:.0e})")
+                          + "; a bundle holds checked engines only")
     file = f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', segment.name)}.onnx"
     # the cache is the export's own (removed at the end): its files may be linked, not copied
     data = copy_onnx(engine.info["file"], bundle / file, link=True)
     return mf.SegmentDecl(segment.name, file, tuple(segment.inputs), tuple(segment.outputs),
                           tuple(variant.io.tensor_inputs), tuple(variant.input_names),
-                          tuple(variant.io.tensor_outputs), data.name if data is not None else None)
+                          tuple(variant.io.tensor_outputs), data.name if data is not None else None,
+                          {"rel_error": float(verdict.error), "bound": float(verdict.bound),
+                           "source": verdict.source})
 
 
 def _serving_section(serving: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -94,7 +94,9 @@ class BundleEngine(Engine):
         self.decl = decl
         self.session = session
         self.output_names = [o.name for o in session.get_outputs()]
-        self.info = {"segment": decl.name, "file": decl.file}
+        # the check against eager it passed at export (``checked_at_export``: None in older bundles);
+        # a loaded bundle has no eager segment to compare with, the files' sha256 ties them to it
+        self.info = {"segment": decl.name, "file": decl.file, "checked_at_export": decl.check}
         if len(self.output_names) != len(decl.tensor_outputs):
             raise BundleError(f"{decl.file}: the ONNX graph has {len(self.output_names)} outputs, the manifest "
                               f"declares {len(decl.tensor_outputs)} for segment {decl.name!r}")

@@ -52,6 +52,8 @@ class SegmentDecl:
     onnx_inputs: Tuple[str, ...]              # their names in the ONNX graph
     tensor_outputs: Tuple[int, ...]           # positions of ``outputs`` the ONNX graph gives
     data: Optional[str] = None                # the ONNX file's external data (weights over 1.5 GiB), beside it
+    # the engine's first-call check at export: {"rel_error", "bound", "source"} (absent in older bundles)
+    check: Optional[Dict[str, Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,4 +301,11 @@ def _segment(value, where: str, files) -> SegmentDecl:
             raise BundleError(f"manifest.json: {where}.data {data!r} has no checksum in 'files'")
         if data == file:
             raise BundleError(f"manifest.json: {where}.data is its ONNX file {file!r}")
-    return SegmentDecl(_str(obj.get("name"), f"{where}.name"), file, inputs, outputs, tin, names, tout, data)
+    check = obj.get("check")
+    if check is not None:
+        check = _dict(check, f"{where}.check")
+        error, bound = check.get("rel_error"), check.get("bound")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (error, bound)) or not error <= bound:
+            raise BundleError(f"manifest.json: {where}.check must record a rel_error within its bound, "
+                              f"got {check!r}")
+    return SegmentDecl(_str(obj.get("name"), f"{where}.name"), file, inputs, outputs, tin, names, tout, data, check)
