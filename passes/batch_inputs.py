@@ -106,21 +106,26 @@ def _flatten(tree) -> list:
     return [tree]
 
 
-def _probe(gm, mode, base, subset, batch, batched_outputs) -> bool:
+def run_resized(interpreter: fx.Interpreter, mode: FakeTensorMode, base: Sequence, indices, size: int):
+    """Run ``interpreter`` on the fake inputs ``base`` with inputs ``indices`` resized to ``size``
+    rows (a symbolic batch size input set to ``size``); raises what the graph raises."""
     inputs = list(base)
     with mode:
-        for i in subset:
+        for i in indices:
             value = inputs[i]
             if isinstance(value, torch.Tensor):
-                inputs[i] = torch.empty((batch + 1,) + tuple(value.shape[1:]),
-                                        dtype=value.dtype, device=value.device)
+                inputs[i] = torch.empty((size,) + tuple(value.shape[1:]), dtype=value.dtype, device=value.device)
             else:
-                inputs[i] = batch + 1
-        try:
-            with torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):
-                result = _ProbeInterpreter(gm).run(*inputs)
-        except Exception:  # a wrong set fails shape checks; that is the signal
-            return False
+                inputs[i] = size
+        with torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):
+            return interpreter.run(*inputs)
+
+
+def _probe(gm, mode, base, subset, batch, batched_outputs) -> bool:
+    try:
+        result = run_resized(_ProbeInterpreter(gm), mode, base, subset, batch + 1)
+    except Exception:  # a wrong set fails shape checks; that is the signal
+        return False
     leaves = _flatten(result)
     return all(isinstance(leaves[p], torch.Tensor) and leaves[p].shape[0] == batch + 1
                for p in batched_outputs)

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import fx
 
-from speca_compile.passes.batch_inputs import _ProbeInterpreter, _quiet, _to_fake, concrete_int
+from speca_compile.passes.batch_inputs import _ProbeInterpreter, _to_fake, concrete_int, run_resized
 from speca_compile.passes.partition import SpeculativeProgram
 
 ROW, SHARED, COUNT = "row", "shared", "count"
@@ -99,21 +99,12 @@ def _shapes(gm, example_inputs, batch_inputs, size: int, names) -> Optional[Dict
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    inputs = [_to_fake(mode, v) for v in example_inputs]
-    wanted = set(names)
     seen: Dict[str, Tuple] = {}
-    with mode:
-        for i in batch_inputs:
-            value = inputs[i]
-            if isinstance(value, torch.Tensor):
-                inputs[i] = torch.empty((size,) + tuple(value.shape[1:]), dtype=value.dtype, device=value.device)
-            else:
-                inputs[i] = size
-        try:
-            with torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):
-                _Recorder(gm, wanted, seen).run(*inputs)
-        except Exception:   # a graph that cannot run at another size: unknown
-            return None
+    try:
+        run_resized(_Recorder(gm, set(names), seen), mode, [_to_fake(mode, v) for v in example_inputs],
+                    batch_inputs, size)
+    except Exception:   # a graph that cannot run at another size: unknown
+        return None
     return seen
 
 

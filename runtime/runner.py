@@ -297,8 +297,8 @@ class Runner:
 
     def _rows_env(self, args, env: Env, rows: List[int], batch: int) -> Env:
         """The graph inputs and the prologue's values (side values, stream inputs) of ``rows``."""
-        sub = self._view(args, rows, batch).bind()
-        at = torch.tensor(rows, dtype=torch.long)
+        view = self._view(args, rows, batch)
+        sub, at = view.bind(), view.rows
         for name, _ in self.program.side_values:
             sub[name] = self._side_rows(env, name, at)
         return sub
