@@ -191,7 +191,9 @@ class Runner:
             env = self._mixed_step(args, parts, owner, batch, speculative, checked)
         else:
             env = self._paths_step(args, parts, owner, batch, speculative, checked)
-        if shared or (speculative and len(speculative) < batch):
+        paths = {"full" if o.computed_fully else "check" if d is Decision.CHECK else "forecast"
+                 for p in parts for o, d in zip(p.plan.outcomes, p.plan.decisions)}
+        if len(paths) > 1:   # the rows took several paths (counted for stats, as the doc says)
             with self.router.lock:
                 self.mixed_steps["shared_ends" if shared else "per_path"] += 1
         for part in parts:
