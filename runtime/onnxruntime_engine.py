@@ -41,7 +41,7 @@ from speca_compile.runtime.engine_check import (CheckFailed, Verdict, bound_for,
                                                 write_verdict)
 from speca_compile.runtime.engine_reuse import agrees_with_eager, candidate, family_key, is_shape_general, remember
 from speca_compile.runtime.onnx_export import EXPORT_VERSION, export_segment, input_names
-from speca_compile.runtime.segment_io import (SegmentIO, analyze_segment, baked_values, merge_outputs,
+from speca_compile.runtime.segment_io import (BakedValuesMemo, SegmentIO, analyze_segment, baked_values, merge_outputs,
                                               tensor_values)
 
 
@@ -97,6 +97,7 @@ class OnnxRuntimeEngine(Engine):
         self.options = options
         self.cache = cache
         self.io: Optional[SegmentIO] = None
+        self._baked: Optional[BakedValuesMemo] = None   # set with ``io``
         self.variants: Dict[tuple, _Variant] = {}
         self.info: Dict[str, object] = {"segment": segment.name, "builds": 0}
         # held while building: concurrent first calls build once (``info["builds"]`` counts
@@ -114,15 +115,16 @@ class OnnxRuntimeEngine(Engine):
 
         Looked up without the lock first (a dict read), then again under it: a thread that
         waited while another built finds that build instead of making its own."""
-        io_spec = self.io
-        if io_spec is not None:
-            variant = self.variants.get(baked_values(io_spec, inputs))
+        baked_of = self._baked
+        if baked_of is not None:
+            variant = self.variants.get(baked_of(inputs))
             if variant is not None:
                 return variant
         with self._build_lock:
             if self.io is None:
                 self.io = analyze_segment(self.segment, inputs)
-            baked = baked_values(self.io, inputs)
+                self._baked = BakedValuesMemo(self.io)
+            baked = self._baked(inputs)
             variant = self.variants.get(baked)
             if variant is None:
                 variant = self.variants[baked] = self._build(inputs)
@@ -133,7 +135,7 @@ class OnnxRuntimeEngine(Engine):
 
     # the first-call check (engine.CheckedEngine): one verdict per variant, kept beside its file
     def variant_key(self, inputs: Sequence):
-        return baked_values(self.io, inputs)
+        return self._baked(inputs)
 
     def saved_verdict(self, key) -> Optional[Verdict]:
         return getattr(self.variants.get(key), "verdict", None)

@@ -231,14 +231,52 @@ def baked_values(io: SegmentIO, values: Sequence) -> Tuple:
     return consts + tuple(tensor_digest(values[i]) for i, spec in enumerate(io.inputs) if spec.kind == "weight")
 
 
+class BakedValuesMemo:
+    """``baked_values`` for one engine's calls, remembering each weight position's last tensor.
+
+    Every call of an engine passes the same parameter objects, so a position whose tensor is the
+    one seen last time, at the same version, keeps its digest: one identity and version compare
+    per weight instead of a trip through the process-wide memo (68 weights a call of a DiT
+    stack cost 0.3 ms a call, 4% of a speculative step).  Each position's entry is one tuple,
+    replaced whole, so threads calling one engine read a consistent entry."""
+
+    def __init__(self, io: SegmentIO):
+        self.consts = [i for i, spec in enumerate(io.inputs) if spec.kind == "const"]
+        self.weights = [i for i, spec in enumerate(io.inputs) if spec.kind == "weight"]
+        self._seen: List[Optional[Tuple[object, int, str]]] = [None] * len(self.weights)
+
+    def __call__(self, values: Sequence) -> Tuple:
+        seen = self._seen
+        digests = []
+        for position, i in enumerate(self.weights):
+            t = values[i]
+            entry = seen[position]
+            if entry is not None and entry[0]() is t and entry[1] == t._version:
+                digests.append(entry[2])
+                continue
+            digest = tensor_digest(t)
+            seen[position] = (weakref.ref(t), t._version, digest)
+            digests.append(digest)
+        return tuple(values[i] for i in self.consts) + tuple(digests)
+
+
 # id(tensor) -> (weakref to it, its version counter, digest): each weight is hashed once (and again
 # after an in-place change), then found by identity on every call
 _DIGESTS: Dict[int, Tuple[object, int, str]] = {}
 _DIGESTS_LOCK = threading.Lock()
 
 
+# a weight of at most this many elements on the CPU is digested by its values, unmemoised: Dynamo
+# passes a Python float it does not specialise (a module's scale, an epsilon) as a new 0-d float64
+# tensor on every call, which the memo by identity never finds (22 sha256 hashes a DiT call)
+SMALL_WEIGHT = 16
+
+
 def tensor_digest(t: torch.Tensor) -> str:
-    """A digest of ``t``'s contents (dtype, shape, bytes), memoised by identity and version."""
+    """A digest of ``t``'s contents (dtype, shape, bytes), memoised by identity and version; a
+    small CPU tensor's is its values, read directly."""
+    if t.device.type == "cpu" and t.numel() <= SMALL_WEIGHT:
+        return f"{t.dtype}{tuple(t.shape)}{t.tolist()}"
     key = id(t)
     entry = _DIGESTS.get(key)
     version = t._version

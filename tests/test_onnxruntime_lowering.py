@@ -128,6 +128,28 @@ def test_fp16_engines_compute_in_half_precision_with_float32_inputs_and_outputs(
         assert onnx.TensorProto.FLOAT16 not in io and onnx.TensorProto.FLOAT in io
 
 
+def test_baked_values_memo_follows_identity_version_and_small_values():
+    """An engine's per-call key (``BakedValuesMemo``) equals ``baked_values`` whatever the call
+    passes: the same weights (found by identity), a weight changed in place (its version), another
+    tensor of equal contents at the same position, and a small weight passed as a new tensor on
+    every call (Dynamo's unspecialised floats), digested by its values."""
+    from speca_compile.runtime.segment_io import BakedValuesMemo, InputSpec, SegmentIO, baked_values
+
+    io = SegmentIO("s", (InputSpec("x", "tensor"), InputSpec("w", "weight"), InputSpec("c", "const", value=2.0),
+                         InputSpec("eps", "weight")), (0,), (), None)
+    memo = BakedValuesMemo(io)
+    w = torch.randn(64, 64)
+    calls = [[torch.randn(3), w, 2.0, torch.tensor(1e-6, dtype=torch.float64)] for _ in range(2)]
+    keys = [memo(c) for c in calls]
+    assert keys[0] == keys[1] == baked_values(io, calls[0])
+    w.add_(1.0)   # in place: a new version, a new key
+    changed = memo(calls[0])
+    assert changed != keys[0] and changed == baked_values(io, calls[0])
+    other = [calls[0][0], w.clone(), 2.0, torch.tensor(1e-5, dtype=torch.float64)]
+    assert memo(other) == baked_values(io, other) != changed
+    assert "1e-05" in memo(other)[-1] and "1e-06" in keys[0][-1]   # by value, not by a hash of it
+
+
 def test_each_weight_is_hashed_once_per_process(tmp_path, monkeypatch):
     """The fused stack and the verify block bake in the same block's weights, and every engine's
     cache key depends on them: each weight is read (and, off the CPU, copied) once, then found by
