@@ -84,6 +84,9 @@ class TaylorForecaster(Forecaster):
             self._pop(index[same])
         old_times = self.times[index]
         count = self.count[index]
+        # every sample of the trajectory (a served request's rows, a batch's full step): the
+        # stored rows are read and written whole, without a gather and a scatter per term
+        whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))
         new = [list(value)]
         for k in range(1, self.terms):
             gap = (times - old_times[:, k - 1])
@@ -91,13 +94,16 @@ class TaylorForecaster(Forecaster):
             gap = torch.where(valid, gap, torch.ones_like(gap))
             row = []
             for s, e_prev in enumerate(new[k - 1]):
-                d_prev = self.diffs[k - 1][s][index]
+                d_prev = self.diffs[k - 1][s] if whole else self.diffs[k - 1][s][index]
                 scale = _per_sample(valid.to(e_prev.dtype) / gap.to(e_prev.dtype), e_prev)
                 row.append((e_prev - d_prev) * scale.to(e_prev.device))
             new.append(row)
-        for k in range(self.terms):
+        for k in range(self.terms):   # after every term is computed: the old rows are read above
             for s in range(len(value)):
-                self.diffs[k][s][index] = new[k][s]
+                if whole:
+                    self.diffs[k][s].copy_(new[k][s])
+                else:
+                    self.diffs[k][s][index] = new[k][s]
         self.times[index] = torch.cat([times[:, None], old_times[:, :-1]], dim=1)
         self.count[index] = torch.clamp(count + 1, max=self.terms)
 
@@ -118,37 +124,45 @@ class TaylorForecaster(Forecaster):
         self.count[index] = 0
         self.times[index] = 0.0
 
-    def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Newton basis weights [len(index), terms]; zero beyond a sample's history.  Computed in
-        Python floats (float64): a handful of numbers per sample, where tensor ops would cost
-        more in dispatch than in arithmetic (a served batch forecasts each request alone)."""
+    def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:
+        """Newton basis weights, one list of ``terms`` floats per sample; zero beyond a sample's
+        history.  Python floats (float64): a handful of numbers per sample, where tensor ops
+        would cost more in dispatch than in arithmetic; left as lists so that a served batch
+        makes one tensor of every request's weights (``linear_terms``)."""
         rows = []
         for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
             w = [1.0]
             for k in range(1, self.terms):
                 w.append(w[k - 1] * (t - hist[k - 1]))
             rows.append([v if k < count else 0.0 for k, v in enumerate(w)])
-        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), self.terms)
+        return rows
 
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
-        return combine_terms(*self.linear_terms(index, times))
+        weights, rows = self.linear_terms(index, times)
+        return combine_terms(weight_tensor(weights, self.terms), rows)
 
     def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
-        """The forecast as ``(weights [n, terms] float64, rows)``, ``rows[k][stream]`` the samples'
-        k-th divided difference: the prediction is ``sum_k weights[:, k] * rows[k]``
-        (``combine_terms``).  Separate so that a batch whose rows belong to many trajectories
+        """The forecast as ``(weights, rows)``: ``weights`` one list of ``terms`` floats per
+        sample, ``rows[k][stream]`` the samples' k-th divided difference; the prediction is
+        ``sum_k weights[:, k] * rows[k]`` (``combine_terms`` of ``weight_tensor(weights)``).  Separate so that a batch whose rows belong to many trajectories
         (a served batch: one per request) gathers every trajectory's terms and combines them
         in one pass instead of one small pass per trajectory."""
         if self.diffs is None or min(self.count[index].tolist(), default=1) == 0:
             raise RuntimeError("forecast requested for a sample with no cached full step")
         whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))
         rows = [[d if whole else d[index] for d in per_k] for per_k in self.diffs]
-        return self.weights(index, times), rows
+        return self.weight_rows(index, times), rows
 
     def nbytes(self) -> int:
         if self.diffs is None:
             return 0
         return sum(t.numel() * t.element_size() for row in self.diffs for t in row)
+
+
+def weight_tensor(weights: List[List[float]], terms: int) -> torch.Tensor:
+    """``linear_terms``' weights (lists, of one trajectory or of many concatenated) as a
+    [samples, terms] float64 tensor."""
+    return torch.tensor(weights, dtype=torch.float64).reshape(len(weights), terms)
 
 
 def combine_terms(weights: torch.Tensor, rows) -> Feature:

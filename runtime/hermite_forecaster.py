@@ -20,6 +20,8 @@ Constants are always exact.
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 
 from speca_compile.runtime.forecaster import TaylorForecaster
@@ -32,8 +34,8 @@ class HermiteForecaster(TaylorForecaster):
         super().__init__(order, batch_size)
         self.sigma = sigma
 
-    def weights(self, index: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Per sample, the weight of each divided difference ([len(index), terms]), in Python
+    def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:
+        """Per sample, the weight of each divided difference (``terms`` floats), in Python
         floats (float64: a few numbers per sample; tensor ops would cost more in dispatch)."""
         terms, sigma = self.terms, self.sigma
         rows = []
@@ -54,4 +56,4 @@ class HermiteForecaster(TaylorForecaster):
             basis = [gap ** m * sigma ** m * hermite[m] for m in range(terms)]   # replaces u^m
             rows.append([sum(c * b for c, b in zip(newton[k], basis)) if k < count else 0.0
                          for k in range(terms)])
-        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), terms)
+        return rows

@@ -128,13 +128,18 @@ class Router:
 
     def _continued(self, state: GenerationState, t: float, signature: Tuple, latent: Optional[torch.Tensor],
                    condition: Tuple) -> Optional[Tuple[object, List[int]]]:
-        best = None
+        candidates = []
         for traj in state.active:
             if traj.signature != signature or traj.last_t is None or traj.last_t < t:
                 continue
             other = not _same_tensors(traj.last_condition, condition)
             if other and traj.last_t == t:
                 continue                  # another branch of this step
+            candidates.append((traj, other))
+        if len(candidates) == 1 and state.numbered and t < candidates[0][0].last_t:
+            return candidates[0][0], []   # trusted and alone: no branch for the latent to pick
+        best = None
+        for traj, other in candidates:
             if latent is None or traj.last_latent is None or traj.last_latent.shape != latent.shape:
                 jumped, score = [], 0.0   # no latent to compare: timesteps and conditioning alone
             else:

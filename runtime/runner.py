@@ -38,7 +38,7 @@ from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import add_base, cache_cuts, feature_groups
-from speca_compile.runtime.forecaster import NotLinear, combine_terms
+from speca_compile.runtime.forecaster import NotLinear, combine_terms, weight_tensor
 from speca_compile.errors import SpecaError
 from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.routing import Router
@@ -509,7 +509,7 @@ def _forecast(owner: Dict, group: str, view: BatchView, base):
         terms = [part.traj.cache.linear_terms(group, samples, part.scaled[samples]) for part, _, samples in parts]
     except NotLinear:
         return _forecast_each(parts, group, size, base)
-    weights = torch.cat([w for w, _ in terms])
+    weights = weight_tensor([w for ws, _ in terms for w in ws], len(terms[0][1]))
     rows = [[torch.cat([r[k][s] for _, r in terms]) for s in range(len(terms[0][1][0]))]
             for k in range(len(terms[0][1]))]
     at = torch.cat([at for _, at, _ in parts])

@@ -114,18 +114,49 @@ class Job:
 
     def advance(self, output: torch.Tensor) -> None:
         """Apply the sampler update to this request's rows of the model output."""
-        out = output[:, :self.x.shape[1]] if self.kind == "ddim" else output
-        out = out.to(self.x.dtype)
-        if self.rows == 2:
-            cond, uncond = out[:1], out[1:]
-            out = uncond + self.request.guidance_scale * (cond - uncond)
-        i = self.index
-        if self.kind == "ddim":
-            ts = self.schedule
-            self.x = sampling.ddim_step(self.x, out, ts[i], ts[i + 1] if i + 1 < len(ts) else None)
-        else:
-            self.x = self.x + (self.schedule[i + 1] - self.schedule[i]) * out
-        self.index += 1
+        advance_jobs([self], output)
+
+
+def advance_jobs(jobs: List[Job], output: torch.Tensor) -> None:
+    """One sampler step of every job, ``output`` holding their rows in order.
+
+    Computed for all jobs at once, with each job's numbers (guidance scale, the DDIM alphas or
+    the flow step of its own timestep) as per-row factors: the same elementwise float32
+    arithmetic as one job at a time, in a few ops per tick instead of a few per request (a
+    served tick's sampler update was 0.4 ms of Python for 8 requests)."""
+    first, second, scale, kinds = [], [], [], {job.kind for job in jobs}
+    offset = 0
+    for job in jobs:
+        first.append(offset)
+        second.append(offset + 1 if job.rows == 2 else offset)   # one row: uncond = cond, scale 1
+        scale.append(job.request.guidance_scale if job.rows == 2 else 1.0)
+        offset += job.rows
+    if len(kinds) != 1:
+        raise ValueError(f"advance_jobs: jobs of several samplers {sorted(kinds)}")
+    x = torch.cat([job.x for job in jobs])
+    out = output[:, :x.shape[1]] if jobs[0].kind == "ddim" else output
+    out = out.to(x.dtype)
+    cond, uncond = out[first], out[second]
+    g = _per_row(torch.tensor(scale, dtype=torch.float64).to(x.dtype), x)
+    eps = uncond + g * (cond - uncond)
+    steps = [(job.schedule[job.index], job.schedule[job.index + 1] if job.index + 1 < len(job.schedule) else None)
+             for job in jobs]
+    if jobs[0].kind == "ddim":
+        abar = sampling.alphas_cumprod()
+        a_t = _per_row(abar[[t for t, _ in steps]].to(x.dtype), x)
+        a_prev = _per_row(torch.stack([abar[n] if n is not None else torch.tensor(1.0, dtype=torch.float64)
+                                       for _, n in steps]).to(x.dtype), x)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    else:
+        x = x + _per_row(torch.tensor([n - t for t, n in steps], dtype=torch.float64).to(x.dtype), x) * eps
+    for k, job in enumerate(jobs):
+        job.x = x[k:k + 1]
+        job.index += 1
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 class StepLoop:
@@ -194,10 +225,8 @@ class StepLoop:
         except Exception as exc:   # a failed call fails this tick's requests, not the loop
             self._fail(jobs, exc)
             return 0
-        offset = 0
-        for job in jobs:
-            job.advance(output[offset:offset + job.rows])
-            offset += job.rows
+        advance_jobs(jobs, output)
+        offset = sum(job.rows for job in jobs)
         seconds = time.perf_counter() - start
         finished = []
         with self._lock:
