@@ -10,8 +10,9 @@ bench: $(STAMP)
 	$(PYTHON) -m speca_compile bench
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
+# --durations: the 30 slowest tests are listed, so the CI budget (under 30 min) is watched.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q; rc=$$?; \
+	$(PYTHON) -m pytest -q --durations=30; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 install: $(STAMP)
