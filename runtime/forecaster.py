@@ -144,9 +144,10 @@ class TaylorForecaster(Forecaster):
     def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
         """The forecast as ``(weights, rows)``: ``weights`` one list of ``terms`` floats per
         sample, ``rows[k][stream]`` the samples' k-th divided difference; the prediction is
-        ``sum_k weights[:, k] * rows[k]`` (``combine_terms`` of ``weight_tensor(weights)``).  Separate so that a batch whose rows belong to many trajectories
-        (a served batch: one per request) gathers every trajectory's terms and combines them
-        in one pass instead of one small pass per trajectory."""
+        ``sum_k weights[:, k] * rows[k]`` (``combine_terms`` of ``weight_tensor(weights)``).
+        Separate so that a batch whose rows belong to many trajectories (a served batch: one
+        per request) gathers every trajectory's terms and combines them in one pass instead of
+        one small pass per trajectory."""
         if self.diffs is None or min(self.count[index].tolist(), default=1) == 0:
             raise RuntimeError("forecast requested for a sample with no cached full step")
         whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))

@@ -112,10 +112,6 @@ class Job:
     def done(self) -> bool:
         return self.index >= self.request.steps
 
-    def advance(self, output: torch.Tensor) -> None:
-        """Apply the sampler update to this request's rows of the model output."""
-        advance_jobs([self], output)
-
 
 def advance_jobs(jobs: List[Job], output: torch.Tensor) -> None:
     """One sampler step of every job, ``output`` holding their rows in order.
