@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 from speca_compile.errors import OptionsError
 
@@ -68,6 +68,13 @@ class Options:
     # with onnxruntime-gpu's CUDA provider), else eager; the backend resolves it per graph
     lowering: str = "auto"
     precision: str = "fp32"
+    # the speculative step (prologue, forecasts, verify block, per-sample error, epilogue) and
+    # the full step as one graph each (runtime/fused_step.py) instead of a sequence of segments;
+    # None: on with lowering="inductor" where the forecaster is a weighted sum (taylor, hermite)
+    fuse_steps: Optional[bool] = None
+    # sub-batch sizes a fused step is padded up to (static shapes: CUDA graphs); None: powers of
+    # two on CUDA, none elsewhere (one compilation with a symbolic batch serves every size)
+    step_buckets: Optional[Tuple[int, ...]] = None
     # None: "eager" under lowering="auto" (the best engine that works), "raise" for a named lowering
     on_lowering_error: Optional[str] = None
     timestep_input: Optional[str] = None
@@ -140,6 +147,10 @@ class Options:
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
         check_precision(self)
+        if self.fuse_steps is not None:
+            _check_type("fuse_steps", self.fuse_steps, bool)
+        if self.step_buckets is not None:
+            check_buckets(self.step_buckets)
         if self.on_lowering_error is not None:
             _check_choice("on_lowering_error", self.on_lowering_error, ON_LOWERING_ERROR)
         if self.timestep_input is not None:
@@ -161,6 +172,15 @@ def check_precision(options: "Options") -> None:
             f"option 'precision' {options.precision!r} needs lowering "
             f"{' or '.join(map(repr, HALF_PRECISION_LOWERINGS))} (precision is set in their ONNX graphs); "
             f"lowering {options.lowering!r} runs the model in its own dtype: convert the model instead")
+
+
+def check_buckets(buckets: Any) -> None:
+    """``step_buckets``: a non-empty, strictly increasing sequence of positive ints."""
+    if (isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__")
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
+            or not list(buckets) or list(buckets) != sorted(set(buckets))):
+        raise OptionsError(f"option 'step_buckets' must be increasing positive ints, e.g. (1, 2, 4, 8), "
+                           f"got {buckets!r}")
 
 
 def valid_keys() -> tuple:
