@@ -99,7 +99,7 @@ class CheckedEngine(Engine):
 
     def run(self, inputs: Sequence) -> List:
         engine = self.engine
-        if isinstance(engine, EagerEngine):
+        if isinstance(engine, EagerEngine) and engine.reference:   # eager itself: nothing to check
             return engine.run(inputs)
         try:
             outputs = engine.run(inputs)
@@ -172,7 +172,9 @@ def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Option
     ONNX Runtime is the default engine, but its CPU build on GPU inputs would copy every
     segment's inputs to the host and compute there: on CUDA without onnxruntime-gpu's CUDA
     provider the segments run on Inductor instead, and the note names the extra
-    (``auto_lowering``)."""
+    (``auto_lowering``).  ``precision="bf16"`` resolves to Inductor on the CPU and CUDA, eager
+    on other devices: ONNX Runtime's Python binding cannot bind bfloat16 tensors, so it cannot
+    run the bfloat16 graphs, and Inductor is the fastest lowering that can (``auto_lowering``)."""
     options, note = _resolve(options, example_inputs)
     check_precision(options)   # "auto" may have resolved to eager, which has no fp16 graphs
     return options, note
@@ -184,17 +186,24 @@ def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optio
     # under "auto" a segment ONNX cannot export runs eagerly, with a warning and "fallback" in stats
     options = options.replace(on_lowering_error=options.on_lowering_error or "eager")
     devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
-    lowering, note = auto_lowering(devices)
+    lowering, note = auto_lowering(devices, options.precision)
     return options.replace(lowering=lowering), note
 
 
-def auto_lowering(devices) -> Tuple[str, str]:
+def auto_lowering(devices, precision: str = "fp32") -> Tuple[str, str]:
     """What ``lowering="auto"`` runs for inputs on ``devices`` (device types), and why:
     ONNX Runtime on the CPU; on CUDA ONNX Runtime's CUDA provider where onnxruntime-gpu is
     installed, else Inductor (compiled once per segment for every sub-batch size, issue 18;
     the CPU build of ONNX Runtime would copy every segment's inputs to the host); eager on
-    any other device."""
+    any other device.  With ``precision="bf16"``: Inductor on the CPU and CUDA, eager elsewhere
+    (no ONNX lowering takes bfloat16)."""
     gpu = sorted(d for d in devices if d != "cpu")
+    if precision == "bf16":
+        if set(gpu) <= {"cuda"}:
+            return "inductor", (f"lowering 'auto': inductor (precision 'bf16' on {', '.join(gpu) or 'the cpu'}: "
+                                "ONNX Runtime cannot bind bfloat16 tensors)")
+        return "eager", (f"lowering 'auto': eager (precision 'bf16', inputs on {', '.join(gpu)}: "
+                         "inductor is not used there and ONNX Runtime cannot bind bfloat16 tensors)")
     if not gpu:
         return "onnxruntime", "lowering 'auto': onnxruntime (inputs on the cpu)"
     from speca_compile.runtime.onnxruntime_engine import cuda_provider_available
@@ -209,9 +218,11 @@ def auto_lowering(devices) -> Tuple[str, str]:
 
 
 def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
-    """One engine per segment, keyed by segment name; every lowered one checked (``CheckedEngine``)."""
+    """One engine per segment, keyed by segment name; every lowered one checked (``CheckedEngine``).
+    The eager segments at the model's precision are the reference, unchecked; in bfloat16
+    (``precision="bf16"``) they are a lowering of their own, checked against the float32 ones."""
     engines = _lower(program, options)
-    if options.lowering == "eager":
+    if options.lowering == "eager" and options.precision == "fp32":
         return engines
     segments = {seg.name: seg for seg in program.all_segments}
     return {name: CheckedEngine(engine, segments[name], options) for name, engine in engines.items()}
@@ -219,11 +230,11 @@ def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
 
 def _lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     if options.lowering == "eager":
-        return {seg.name: EagerEngine(seg) for seg in program.all_segments}
+        return {seg.name: EagerEngine(seg, options.precision) for seg in program.all_segments}
     if options.lowering == "inductor":
         from speca_compile.runtime.inductor_engine import InductorEngine
 
-        return {seg.name: InductorEngine(seg) for seg in program.all_segments}
+        return {seg.name: InductorEngine(seg, options.precision) for seg in program.all_segments}
     if options.lowering == "onnxruntime":
         from speca_compile.runtime.engine_cache import EngineCache
         from speca_compile.runtime.onnxruntime_engine import OnnxRuntimeEngine, import_onnxruntime

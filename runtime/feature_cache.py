@@ -11,6 +11,14 @@ A feature is the residual ``target - base`` when every target stream has a
 base stream of the same shape (the residual a stack of blocks adds to its
 streams; streams are paired by shape, since two stacks may list them in
 different orders), else the raw target (e.g. when a stack merges streams).
+
+``cache_dtype`` (the option): the dtype the forecasters store their rows in.
+``None`` keeps the features' own dtype; ``"bf16"`` halves the cache bytes
+(``nbytes``, the ``cache_bytes`` of ``stats``) on any device.  Features are
+computed in the stream's dtype and rounded once as they are stored; forecasts
+are computed in float32 at least and come back in the stream's dtype
+(``add_base``), so the verify block and the epilogue see the dtype they would
+see without the option.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from speca_compile.runtime.forecaster import Feature, make_forecaster
+
+# the ``cache_dtype`` option's values: the storage dtype (None: the features' own)
+CACHE_DTYPES = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +77,11 @@ class FeatureCache:
     """One forecaster per feature group, all samples of one trajectory."""
 
     def __init__(self, groups: Sequence[FeatureGroup], forecaster: str, order: int, batch_size: int,
-                 sigma: float = 0.5):
+                 sigma: float = 0.5, cache_dtype: Optional[str] = None):
         self.groups = {g.name: g for g in groups}
-        self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size, sigma) for g in groups}
+        self.dtype = CACHE_DTYPES[cache_dtype]   # storage dtype; None: as given
+        self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size, sigma, self.dtype)
+                            for g in groups}
         # FoCa's predictor runs on the trajectory as used, speculative steps included
         self.recursive = forecaster == "foca"
 
@@ -105,13 +118,24 @@ class FeatureCache:
         return self.forecasters[name].linear_terms(index, times)
 
     def nbytes(self) -> int:
+        """The bytes the cached rows take, in their storage dtype."""
         return sum(f.nbytes() for f in self.forecasters.values())
 
 
 def add_base(feature: Feature, base: Feature) -> Feature:
     """The target state from a forecast feature: ``base + feature`` where the feature is a
-    residual of the base's streams, else the feature itself (``FeatureCache._feature``)."""
+    residual of the base's streams, else the feature itself (``FeatureCache._feature``); in the
+    base streams' dtype either way (a forecast combined in float32 from rows stored in bfloat16,
+    ``forecaster.combine_terms``, goes back to a bfloat16 model's dtype; a no-op otherwise)."""
     pairing = residual_pairing(feature, base)
     if pairing is not None:
-        return tuple(base[i] + f for f, i in zip(feature, pairing))
+        return tuple(_as(base[i] + f, base[i].dtype) for f, i in zip(feature, pairing))
+    dtypes = {b.dtype for b in base if isinstance(b, torch.Tensor) and b.is_floating_point()}
+    if len(dtypes) == 1:   # a raw target: the streams' dtype, where they share one
+        (dtype,) = dtypes
+        return tuple(_as(f, dtype) for f in feature)
     return feature
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype or not t.is_floating_point() else t.to(dtype)

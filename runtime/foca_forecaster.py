@@ -51,8 +51,8 @@ from speca_compile.runtime.forecaster import Feature, NotLinear, TaylorForecaste
 class FoCaForecaster(TaylorForecaster):
     """Full-step divided differences (inherited) plus a two-point trajectory window."""
 
-    def __init__(self, order: int, batch_size: int):
-        super().__init__(order, batch_size)
+    def __init__(self, order: int, batch_size: int, dtype: Optional[torch.dtype] = None):
+        super().__init__(order, batch_size, dtype)
         # window times [B, 2] (newest first) and values win[j][stream]: [B, ...]
         self.win_times = torch.zeros(batch_size, 2, dtype=torch.float64)
         self.win_count = torch.zeros(batch_size, dtype=torch.long)
@@ -79,18 +79,18 @@ class FoCaForecaster(TaylorForecaster):
         if bool(same.any()):
             if self.win is not None:
                 for s, v in enumerate(value):
-                    self.win[0][s][index[same]] = v[same.to(v.device)]
+                    self.win[0][s][index[same]] = v[same.to(v.device)].to(self.win[0][s].dtype)
             keep = ~same
             index, times = index[keep], times[keep]
             value = tuple(v[keep.to(v.device)] for v in value)
             if not len(index):
                 return
         if self.win is None:
-            self.win = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
-                         for v in value] for _ in range(2)]
+            self.win = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=self.storage_dtype(v),
+                                     device=v.device) for v in value] for _ in range(2)]
         for s, v in enumerate(value):
             self.win[1][s][index] = self.win[0][s][index]
-            self.win[0][s][index] = v
+            self.win[0][s][index] = v.to(self.win[0][s].dtype)
         old = self.win_times[index]
         self.win_times[index] = torch.stack([times, old[:, 0]], dim=1)
         self.win_count[index] = torch.clamp(self.win_count[index] + 1, max=2)
@@ -129,21 +129,24 @@ class FoCaForecaster(TaylorForecaster):
         half = (times - t_b) / 2
         out = []
         for s in range(len(self.diffs[0])):
-            ref = self.diffs[0][s]
+            # the stored rows, gathered, in the dtype the arithmetic runs in (the stream's own, or
+            # the wider storage dtype): rows stored in bfloat16 are upcast as they are gathered
+            work = self.work_dtype(s)
+            ref = self.diffs[0][s][index].to(work)
             g_b = None
             for k in range(1, self.terms):
-                term = self.diffs[k][s][index] * self._col(slope_w[:, k], ref)
+                term = self.diffs[k][s][index].to(work) * self._col(slope_w[:, k], ref)
                 g_b = term if g_b is None else g_b + term
-            f_b = ref[index]
+            f_b = ref
             if g_b is None:  # order 0: the newest full value
                 out.append(f_b)
                 continue
-            x0, x1 = self.win[0][s][index], self.win[1][s][index]
+            x0, x1 = self.win[0][s][index].to(work), self.win[1][s][index].to(work)
             pred = x0 * self._col(a, ref) + x1 * self._col(b, ref) + g_b * self._col(c, ref)
             g_p = (pred - x0) * self._col(torch.where(h != 0, 1 / safe_h, torch.zeros_like(h)), ref)
             g_p = torch.where(self._col(h != 0, ref), g_p, g_b)
             out.append(f_b + (g_b + g_p) * self._col(half, ref))
-        return tuple(out)
+        return self.in_stream_dtypes(tuple(out))
 
     @staticmethod
     def _col(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

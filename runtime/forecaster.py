@@ -22,6 +22,15 @@ full step cached at the timestep of a sample's newest cached one *replaces*
 it: the later evaluation is the sampler's state at that time, and two points
 at one abscissa have no divided difference.  A forecast at a cached
 timestep returns the cached value.
+
+Storage dtype (the ``cache_dtype`` option): the rows may be stored in another
+dtype than the features they were computed from (bfloat16: half the cache
+bytes).  Arithmetic never runs in the storage dtype: new divided differences are
+computed from the fresh features and the stored rows upcast (PyTorch's type
+promotion: no copy), then rounded once as they are stored; a forecast combines
+the rows in float32 at least (``combine_terms``) and comes back in the stream's
+own dtype (``predict``; ``feature_cache.add_base`` for rows combined by the
+runner).
 """
 
 from __future__ import annotations
@@ -62,11 +71,14 @@ class Forecaster:
 
 
 class TaylorForecaster(Forecaster):
-    """Per-sample Newton divided differences of one feature, ``order + 1`` terms."""
+    """Per-sample Newton divided differences of one feature, ``order + 1`` terms, stored in
+    ``dtype`` (None: each stream's own)."""
 
-    def __init__(self, order: int, batch_size: int):
+    def __init__(self, order: int, batch_size: int, dtype: Optional[torch.dtype] = None):
         self.terms = order + 1
         self.batch_size = batch_size
+        self.store_dtype = dtype
+        self.dtypes: Optional[List[torch.dtype]] = None   # each stream's own dtype (the features')
         # times[s, j]: timestep of sample s's j-th newest full step.
         self.times = torch.zeros(batch_size, self.terms, dtype=torch.float64)
         self.count = torch.zeros(batch_size, dtype=torch.long)
@@ -76,8 +88,9 @@ class TaylorForecaster(Forecaster):
         """Add a full-step feature for samples ``index`` at ``times`` (one per sample)."""
         value = tuple(v.detach() for v in value)
         if self.diffs is None:
-            self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
-                           for v in value] for _ in range(self.terms)]
+            self.dtypes = [v.dtype for v in value]
+            self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=self.storage_dtype(v),
+                                       device=v.device) for v in value] for _ in range(self.terms)]
         times = times.to(torch.float64)
         same = (self.times[index, 0] == times) & (self.count[index] > 0)
         if bool(same.any()):
@@ -94,6 +107,7 @@ class TaylorForecaster(Forecaster):
             gap = torch.where(valid, gap, torch.ones_like(gap))
             row = []
             for s, e_prev in enumerate(new[k - 1]):
+                # a stored row in a narrower dtype is upcast by type promotion (no copy)
                 d_prev = self.diffs[k - 1][s] if whole else self.diffs[k - 1][s][index]
                 scale = _per_sample(valid.to(e_prev.dtype) / gap.to(e_prev.dtype), e_prev)
                 row.append((e_prev - d_prev) * scale.to(e_prev.device))
@@ -101,9 +115,9 @@ class TaylorForecaster(Forecaster):
         for k in range(self.terms):   # after every term is computed: the old rows are read above
             for s in range(len(value)):
                 if whole:
-                    self.diffs[k][s].copy_(new[k][s])
+                    self.diffs[k][s].copy_(new[k][s])   # rounds to the storage dtype
                 else:
-                    self.diffs[k][s][index] = new[k][s]
+                    self.diffs[k][s][index] = new[k][s].to(self.diffs[k][s].dtype)
         self.times[index] = torch.cat([times[:, None], old_times[:, :-1]], dim=1)
         self.count[index] = torch.clamp(count + 1, max=self.terms)
 
@@ -114,9 +128,10 @@ class TaylorForecaster(Forecaster):
         hist = self.times[index]
         for k in range(self.terms - 1):   # ascending: E_k needs D_k and D_{k+1} as they were
             gap = hist[:, 0] - hist[:, k + 1]
-            for d_k, d_k1 in zip(self.diffs[k], self.diffs[k + 1]):
-                scale = _per_sample(gap.to(d_k.dtype), d_k).to(d_k.device)
-                d_k[index] = d_k[index] - d_k1[index] * scale
+            for s, (d_k, d_k1) in enumerate(zip(self.diffs[k], self.diffs[k + 1])):
+                work = self.work_dtype(s)
+                scale = _per_sample(gap.to(work), d_k).to(d_k.device)
+                d_k[index] = (d_k[index].to(work) - d_k1[index].to(work) * scale).to(d_k.dtype)
         self.times[index] = torch.cat([hist[:, 1:], torch.zeros_like(hist[:, :1])], dim=1)
         self.count[index] = self.count[index] - 1
 
@@ -137,9 +152,21 @@ class TaylorForecaster(Forecaster):
             rows.append([v if k < count else 0.0 for k, v in enumerate(w)])
         return rows
 
+    def storage_dtype(self, value: torch.Tensor) -> torch.dtype:
+        """The dtype a stream's rows are stored in: ``dtype``, or the feature's own."""
+        return self.store_dtype if self.store_dtype is not None and value.is_floating_point() else value.dtype
+
+    def work_dtype(self, stream: int) -> torch.dtype:
+        """The dtype a stream's arithmetic runs in: the wider of its own and its storage's."""
+        return torch.promote_types(self.dtypes[stream], self.diffs[0][stream].dtype)
+
     def predict(self, index: torch.Tensor, times: torch.Tensor) -> Feature:
         weights, rows = self.linear_terms(index, times)
-        return combine_terms(weight_tensor(weights, self.terms), rows)
+        return self.in_stream_dtypes(combine_terms(weight_tensor(weights, self.terms), rows))
+
+    def in_stream_dtypes(self, feature: Feature) -> Feature:
+        """``feature`` in each stream's own dtype (a no-op unless the rows are stored in another)."""
+        return tuple(f.to(d) for f, d in zip(feature, self.dtypes))
 
     def linear_terms(self, index: torch.Tensor, times: torch.Tensor):
         """The forecast as ``(weights, rows)``: ``weights`` one list of ``terms`` floats per
@@ -167,11 +194,17 @@ def weight_tensor(weights: List[List[float]], terms: int) -> torch.Tensor:
 
 
 def combine_terms(weights: torch.Tensor, rows) -> Feature:
-    """``sum_k weights[:, k] * rows[k][stream]`` per stream (``linear_terms``' result)."""
+    """``sum_k weights[:, k] * rows[k][stream]`` per stream (``linear_terms``' result).
+
+    Computed in float32 at least: rows stored in bfloat16 or float16 (the ``cache_dtype``
+    option, or a half-precision model) are upcast as they are read (type promotion against the
+    float32 weights: no copy of the rows), so the weights and the sum are not rounded to 8 bits.
+    The result is float32 then; ``feature_cache.add_base`` (or ``predict``) gives it back in the
+    stream's own dtype.  Float32 and float64 rows compute in their own dtype, as before."""
     out = []
     for s in range(len(rows[0])):
         ref = rows[0][s]
-        columns = weights.to(ref.dtype).to(ref.device)
+        columns = weights.to(forecast_dtype(ref.dtype)).to(ref.device)
         acc = None
         for k in range(len(rows)):
             term = rows[k][s] * _per_sample(columns[:, k], ref)
@@ -180,16 +213,23 @@ def combine_terms(weights: torch.Tensor, rows) -> Feature:
     return tuple(out)
 
 
-def make_forecaster(kind: str, order: int, batch_size: int, sigma: float = 0.5) -> Forecaster:
-    """The forecaster named by the ``forecaster`` option (``sigma``: Hermite's scale)."""
+def forecast_dtype(stored: torch.dtype) -> torch.dtype:
+    """The dtype rows stored as ``stored`` are combined in: float32 at least."""
+    return torch.promote_types(stored, torch.float32) if stored.is_floating_point else stored
+
+
+def make_forecaster(kind: str, order: int, batch_size: int, sigma: float = 0.5,
+                    dtype: Optional[torch.dtype] = None) -> Forecaster:
+    """The forecaster named by the ``forecaster`` option (``sigma``: Hermite's scale; ``dtype``:
+    the storage dtype of its rows, None for the features' own)."""
     if kind == "taylor":
-        return TaylorForecaster(order, batch_size)
+        return TaylorForecaster(order, batch_size, dtype)
     if kind == "hermite":
         from speca_compile.runtime.hermite_forecaster import HermiteForecaster
-        return HermiteForecaster(order, batch_size, sigma)
+        return HermiteForecaster(order, batch_size, sigma, dtype)
     if kind == "foca":
         from speca_compile.runtime.foca_forecaster import FoCaForecaster
-        return FoCaForecaster(order, batch_size)
+        return FoCaForecaster(order, batch_size, dtype)
     raise ValueError(f"unknown forecaster {kind!r}")
 
 

@@ -20,7 +20,7 @@ Constants are always exact.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -30,8 +30,8 @@ from speca_compile.runtime.forecaster import TaylorForecaster
 class HermiteForecaster(TaylorForecaster):
     """Taylor's divided differences, evaluated in HiCache's scaled Hermite basis."""
 
-    def __init__(self, order: int, batch_size: int, sigma: float):
-        super().__init__(order, batch_size)
+    def __init__(self, order: int, batch_size: int, sigma: float, dtype: Optional[torch.dtype] = None):
+        super().__init__(order, batch_size, dtype)
         self.sigma = sigma
 
     def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:

@@ -43,7 +43,8 @@ class Trajectory:
         self.last_t: Optional[float] = None
         self.policy = make_policy(options, batch_size)
         self.cache = FeatureCache(groups, options.forecaster, options.order, batch_size,
-                                  options.hermite_sigma)
+                                  options.hermite_sigma, options.cache_dtype)
+        self.cache_dtype = self.cache.dtype   # kept for stats after the router frees the cache
         self.steps: List[StepRecord] = []
         self.peak_cache_bytes = 0
         self.last_latent: Optional[torch.Tensor] = None   # for the router's continuation test
@@ -92,8 +93,15 @@ class Trajectory:
             "errors": [step.errors for step in self.steps],
             "timesteps": [step.timestep for step in self.steps],
             "thresholds": [step.tau for step in self.steps],
+            # the peak bytes of the feature cache's rows, in the dtype they are stored in
             "cache_bytes": self.peak_cache_bytes,
+            "cache_dtype": _dtype_name(self.cache_dtype),
             "scope": self.scope,
             # samples whose latent jumped (not the continuation of their last call): warmup again
             "restarted": [{"step": step, "samples": list(samples)} for step, samples in self.restarts],
         }
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    """``cache_dtype`` in ``stats``: the storage dtype, or "as computed" (the features' own)."""
+    return "as computed" if dtype is None else str(dtype).replace("torch.", "")
