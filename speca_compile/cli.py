@@ -16,8 +16,11 @@ from speca_compile.bench.suite import REFERENCE
 
 QUICK = {"steps": 20, "images": 10, "batch": 10, "repeats": 1, "taus": (Options.tau0,), "acceptances": ("budget",),
          "inductor": False, "peers": False}
-LOWERINGS = ("eager", "onnxruntime")          # the default rows
-EXTRA_LOWERINGS = ("inductor",)                # on request: compiles each segment once (cold compiles dominate short runs)
+from speca_compile.bench.methods import (BENCH_PRECISIONS, CPU_EXTRA_LOWERINGS, CPU_LOWERINGS, CUDA_EXTRA_LOWERINGS,
+                                         CUDA_LOWERINGS)
+
+LOWERINGS = CPU_LOWERINGS                      # the default rows on the CPU
+EXTRA_LOWERINGS = CPU_EXTRA_LOWERINGS          # on request: compiles each segment once (cold compiles dominate short runs)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -56,8 +59,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--acceptance", default="budget,step",
                        help="comma-separated speculation policies, rows for each: budget (the default: a run's "
                             "errors share the threshold), step (SpeCa's per-step rule with its former settings)")
-    bench.add_argument("--lowerings", default=",".join(LOWERINGS),
-                       help=f"comma-separated, rows for each, from: {', '.join(LOWERINGS + EXTRA_LOWERINGS)}")
+    bench.add_argument("--lowerings", default=None,
+                       help="comma-separated speca lowerings, rows for each.  CPU: from "
+                            f"{', '.join(LOWERINGS + EXTRA_LOWERINGS)}, default {','.join(LOWERINGS)}.  "
+                            f"--device cuda: from {', '.join(CUDA_LOWERINGS + CUDA_EXTRA_LOWERINGS)}, default "
+                            f"{','.join(CUDA_LOWERINGS)} plus tensorrt where it is importable (onnxruntime "
+                            "needs onnxruntime-gpu there)")
     bench.add_argument("--forecasters", default=Options.forecaster,
                        help="comma-separated, speca rows for each: taylor, hermite, foca")
     bench.add_argument("--orders", default=str(Options.order), help="comma-separated forecast orders, speca rows for each")
@@ -71,10 +78,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "against eager with the same scheduler")
     bench.add_argument("--scheduler-steps", type=int, default=None,
                        help="inference steps of the scheduler rows (default: each scheduler's usual count)")
-    bench.add_argument("--no-inductor", action="store_true", help="leave out the torch.compile default row")
+    bench.add_argument("--compile-modes", default=None,
+                       help="comma-separated torch.compile modes, a row each ('torch.compile default', "
+                            "'torch.compile mode=M'), the model compiled whole with Inductor; default: default on "
+                            "the CPU, default,max-autotune-no-cudagraphs,reduce-overhead with --device cuda "
+                            "(CUDA graphs apply to CUDA tensors only: on the CPU reduce-overhead compiles as default)")
+    bench.add_argument("--no-inductor", action="store_true", help="leave out every torch.compile row")
+    bench.add_argument("--precision", default="fp32", choices=BENCH_PRECISIONS,
+                       help="fp32 (default), or bf16: eager, the torch.compile rows and the peers run the model "
+                            "converted to bfloat16 (float inputs cast at each call), the speca rows pass "
+                            "precision='bf16' to the backend (lowerings without bf16, onnxruntime and tensorrt, "
+                            "are left out with the reason in the report); quality is against bf16 eager, and "
+                            "each row's rel L2 against float32 eager is a column of its own")
     bench.add_argument("--no-peers", action="store_true",
                        help="leave out diffusers' caching hooks and cache-dit")
-    bench.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N")
+    bench.add_argument("--device", default="cpu",
+                       help="where the models run: cpu, cuda or cuda:N (checked before anything runs)")
     bench.add_argument("--quick", action="store_true",
                        help="20 steps, 10 images, one round, tau0=0.1, no inductor or peers: a smoke run")
     bench.add_argument("--out", default="bench_results",
@@ -171,6 +190,8 @@ def _parse_schedulers(text: str, models: List[str]) -> tuple:
     unknown = [n for n in names if n not in schedulers.NAMES]
     if unknown:
         raise SystemExit(f"speca bench: --schedulers got {text!r}; valid: all, {', '.join(schedulers.NAMES)}")
+    if not names:     # no scheduler rows: the models' kinds are not needed (building dit_xl2 takes seconds)
+        return names
     kinds = {model_kind(m) for m in models}
     unfit = [n for n in names if schedulers.SCHEDULERS[n][1] not in kinds]
     if unfit:
@@ -218,11 +239,45 @@ def _parse_device(text: str) -> str:
         device = torch.device(text)
     except RuntimeError:
         raise SystemExit(f"speca bench: --device got {text!r}; valid: cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"speca bench: --device {text}: this PyTorch build sees no CUDA device")
     if device.type not in ("cpu", "cuda"):
         raise SystemExit(f"speca bench: --device {text}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise SystemExit(f"speca bench: --device {text}: no CUDA device is visible to PyTorch "
+                             f"{torch.__version__} ({build}; CUDA_VISIBLE_DEVICES="
+                             f"{__import__('os').environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise SystemExit(f"speca bench: --device {text}: no such CUDA device; {count} visible "
+                             f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
     return str(device)
+
+
+def _parse_lowerings(text: Optional[str], device: str) -> tuple:
+    from speca_compile.bench.methods import default_lowerings, is_cuda, valid_lowerings
+
+    if text is None:
+        return default_lowerings(device)
+    lowerings = tuple(v.strip() for v in text.split(",") if v.strip())
+    valid = valid_lowerings(device)
+    if not lowerings or any(v not in valid for v in lowerings):
+        cuda_only = [v for v in lowerings if v in CUDA_EXTRA_LOWERINGS and v not in valid]
+        hint = f" ({', '.join(cuda_only)} needs --device cuda)" if cuda_only and not is_cuda(device) else ""
+        raise SystemExit(f"speca bench: --lowerings got {text!r}; valid on {device}: {', '.join(valid)}{hint}")
+    return lowerings
+
+
+def _parse_compile_modes(text: Optional[str], device: str) -> tuple:
+    from speca_compile.bench.methods import compile_modes, default_compile_modes
+
+    if text is None:
+        return default_compile_modes(device)
+    modes = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    valid = compile_modes()
+    if not modes or any(m not in valid for m in modes):
+        raise SystemExit(f"speca bench: --compile-modes got {text!r}; valid: {', '.join(valid)}")
+    return modes
 
 
 def _progress_bar(label: str):
@@ -266,12 +321,11 @@ def _bench(args, argv: List[str]) -> int:
     from speca_compile.bench import report
     from speca_compile.bench.suite import BenchConfig, run_suite
 
-    lowerings = tuple(v.strip() for v in args.lowerings.split(",") if v.strip())
-    valid = LOWERINGS + EXTRA_LOWERINGS
-    if not lowerings or any(v not in valid for v in lowerings):
-        raise SystemExit(f"speca bench: --lowerings got {args.lowerings!r}; valid: {', '.join(valid)}")
+    device = _parse_device(args.device)     # first: a missing GPU stops the command before any work
+    lowerings = _parse_lowerings(args.lowerings, device)
     settings = dict(steps=args.steps, images=args.images, batch=args.batch, repeats=args.repeats,
-                    taus=_parse_taus(args.tau0), inductor=not args.no_inductor, peers=not args.no_peers)
+                    taus=_parse_taus(args.tau0), inductor=not args.no_inductor, peers=not args.no_peers,
+                    compile_modes=_parse_compile_modes(args.compile_modes, device), precision=args.precision)
     if args.quick:
         settings.update(QUICK)
     for field in ("steps", "images", "batch", "repeats"):
@@ -290,9 +344,11 @@ def _bench(args, argv: List[str]) -> int:
     if not args.quick:
         settings["acceptances"] = _parse_acceptances(args.acceptance)
     config = BenchConfig(models=models, lowerings=lowerings, forecasters=forecasters,
-                         orders=orders, max_speculatives=longest, device=_parse_device(args.device),
+                         orders=orders, max_speculatives=longest, device=device,
                          schedulers=_parse_schedulers(args.schedulers, models),
                          scheduler_steps=args.scheduler_steps, **settings)
+    for skipped in report.skipped_rows(config):
+        print(f"speca bench: leaving out {skipped['rows']}: {skipped['reason']}", file=sys.stderr)
     per_method = 2 + config.repeats     # warm, metered, timed rounds
     bar, tick, grow = _progress_bar("speca bench")
     with bar:
@@ -301,7 +357,7 @@ def _bench(args, argv: List[str]) -> int:
         rows = run_suite(config, tick, lambda m: grow(m, per_method),
                          lambda done: report.write(done, config, command, Path(args.out)))
     paths = report.write(rows, config, command, Path(args.out))
-    print(report.markdown(rows))
+    print(report.header(config) + "\n\n" + report.markdown(rows))
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

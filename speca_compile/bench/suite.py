@@ -10,6 +10,13 @@
 * Quality against the full-compute (eager) images of the same seeds: PSNR,
   SSIM, relative L2; against the data (trained reference models only): the
   judge's accuracy on the class-conditional samples and digits-FD.
+* Precision (``precision``): "fp32", or "bf16": eager, the torch.compile rows
+  and the peers run a bfloat16 copy of the model (float inputs cast at each
+  call, the sampler in float32), the speca rows pass ``precision="bf16"`` to
+  the backend (lowerings that take no bf16 are left out, with the reason, see
+  ``methods.plan_rows``).  Quality is then against bf16 eager, the full
+  compute of the same precision; each row's relative L2 against float32 eager
+  of the same seeds (one extra, untimed generation) is ``rel_l2_fp32``.
 * Schedulers (``schedulers``): every speca row's settings again, sampled with
   each of diffusers' schedulers that fits the model (``speca_compile.schedulers``),
   one row per scheduler and setting: full fraction, quality against eager with the
@@ -53,7 +60,9 @@ class BenchConfig:
     forecasters: Sequence[str] = (Options.forecaster,)        # rows for each; default: the default
     orders: Sequence[int] = (Options.order,)
     max_speculatives: Sequence[int] = ()       # empty: each policy's own
-    inductor: bool = True
+    inductor: bool = True                      # the torch.compile rows (one per compile mode)
+    compile_modes: Sequence[str] = ("default",)    # torch.compile modes, a row each (methods.compile_modes())
+    precision: str = "fp32"                    # or "bf16" (methods.BENCH_PRECISIONS)
     peers: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -83,6 +92,8 @@ class Row:
     scheduler: Optional[str] = None     # the diffusers scheduler of a scheduler row (None: our own loop)
     model_calls: Optional[int] = None   # model calls per image of a scheduler row
     tau0_used: Optional[float] = None   # the threshold scale a speca row ran with (what tau0="auto" chose)
+    precision: str = "fp32"             # the bench's precision (quality is against eager at it)
+    rel_l2_fp32: Optional[float] = None  # bf16 benches: relative L2 against float32 eager, same seeds
 
 
 def load_model(name: str):
@@ -161,6 +172,10 @@ def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> Li
     if on_methods:
         on_methods(len(methods))
     results, compile_s, meters, summaries = {}, {}, {}, {}
+    fp32 = None
+    if config.precision != "fp32":     # float32 full compute of the same seeds: bf16's own error
+        fp32 = images.generate(methods_mod.Eager("eager fp32", ref.model), config.steps)
+        tick("eager fp32 reference")
     for m in methods:
         start = time.perf_counter()
         results[m.name] = images.generate(m, config.steps)     # compiles; decisions are deterministic
@@ -173,7 +188,7 @@ def _bench_model(ref, config: BenchConfig, progress=None, on_methods=None) -> Li
         tick(f"metered {m.name}")
     medians = interleaved_medians({m.name: (lambda m=m: images.generate(m, config.steps)) for m in methods},
                                   config.repeats, on_tick=lambda name: tick(name))
-    rows = _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians)
+    rows = _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians, fp32)
     return rows + _scheduler_rows(ref, config, methods, images, tick, on_methods)
 
 
@@ -218,7 +233,7 @@ def _scheduler_rows(ref, config: BenchConfig, methods, images, tick, on_methods=
                 **quality(results[m.name], results[eager.name]),
                 peak_memory_mb=None, cache_bytes=summaries[m.name]["cache_bytes"],
                 compile_seconds=max(0.0, first_s[m.name] - medians[m.name]),
-                options=dict(m.options), scheduler=name, model_calls=calls,
+                options=dict(m.options), scheduler=name, model_calls=calls, precision=config.precision,
             ))
     return rows
 
@@ -287,7 +302,7 @@ def _fractions(trajectories) -> Dict:
     return {"full_fraction": full / total, "cache_bytes": max(t["cache_bytes"] for t in trajectories)}
 
 
-def _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians) -> List[Row]:
+def _rows(ref, config, methods, images, results, compile_s, meters, summaries, medians, fp32=None) -> List[Row]:
     quality = _Quality(ref, images)
     reference = results["eager"]
     eager_flops = meters["eager"].flops
@@ -308,6 +323,8 @@ def _rows(ref, config, methods, images, results, compile_s, meters, summaries, m
             compile_seconds=max(0.0, compile_s[m.name] - medians[m.name]),
             options=dict(m.options) if isinstance(m, methods_mod.Speca) else None,
             tau0_used=summaries[m.name].get("tau0_used"),
+            precision=config.precision,
+            rel_l2_fp32=None if fp32 is None else relative_l2(results[m.name].float(), fp32),
         ))
     return rows
 
