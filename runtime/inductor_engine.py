@@ -47,6 +47,13 @@ counts compilations).  Calls whose signature was seen take no lock.
 Compilations of different engines do not overlap either: they hold Dynamo's
 ``compile_lock``, as Inductor's own lazy backward compilation does, because
 Inductor patches process-wide config and state while it compiles.
+
+With ``precision="bf16"`` the engine compiles the segment's bfloat16 graph
+(``runtime/precision.py``: float32 activations cast as they enter, the body
+under autocast, outputs cast back, all fused into Inductor's kernels) and
+passes each float32 weight as its cached bfloat16 copy, so the variants see
+bfloat16 weights and a call casts none.  The first-call check compares with
+the float32 eager segment, at bfloat16's bound.
 """
 
 from __future__ import annotations
@@ -193,39 +200,55 @@ class _Eager:
 class InductorEngine(Engine):
     name = "inductor"
 
-    def __init__(self, segment: Segment):
+    def __init__(self, segment: Segment, precision: str = "fp32"):
         self.segment = segment
+        self.precision = precision
         self.variants: Dict[Hashable, _Variant] = {}   # by key, in build order
         self.info = {"segment": segment.name, "builds": 0, "build_seconds": 0.0}
+        self._bf16 = None
+        if precision == "bf16":
+            from speca_compile.runtime.precision import Bf16Segment
+
+            self._bf16 = Bf16Segment(segment)
+            self.info["precision"] = "bf16"
         self._plans: Dict[Tuple, _Plan] = {}          # input signature -> plan (read without the lock)
         self._eager = False
         self._failed: Dict[str, str] = {}              # mode -> why it did not
         self._item_weights: Tuple[int, ...] = ()
         self._build_lock = threading.Lock()   # one compilation per signature, however many threads ask
 
+    def _module(self, inputs: Sequence) -> fx.GraphModule:
+        """The graph this engine runs: the segment's, or its bfloat16 form."""
+        return self.segment.module if self._bf16 is None else self._bf16.module(inputs)
+
     def run(self, inputs: Sequence) -> List:
+        if self._bf16 is not None:
+            inputs = self._bf16.inputs(inputs)   # float32 weights -> their cached bfloat16 copies
         if self._eager:
-            return list(self.segment.module(*inputs))
+            return list(self._module(inputs)(*inputs))
         key = _signature(inputs, self._item_weights)
         plan = self._plans.get(key)
         if plan is None:
             with self._build_lock:
                 if self._eager:
-                    return list(self.segment.module(*inputs))
+                    return list(self._module(inputs)(*inputs))
                 key = _signature(inputs, self._item_weights)   # a first build may name item weights
                 plan = self._plans.get(key)   # planned by the thread this one waited for?
                 if plan is None:
                     plan = self._plan(list(inputs), key)
                     if plan is None:   # the segment runs eagerly
-                        return list(self.segment.module(*inputs))
+                        return list(self._module(inputs)(*inputs))
         args = _apply(inputs, plan.fixes) if plan.fixes else inputs
         return list(plan.variant.compiled(*args))
 
     def variant_key(self, inputs: Sequence):
         """The compiled variant the inputs ran on (checked once: in memory, as Inductor's own cache
-        holds kernels, not verdicts); None for a segment that runs eagerly anyway."""
+        holds kernels, not verdicts); None for a segment that runs eagerly anyway (in bfloat16
+        too: then its bfloat16 graph is checked once, as the variant ``("eager",)``)."""
+        if self._bf16 is not None:
+            inputs = self._bf16.inputs(inputs)
         if self._eager:
-            return None
+            return None if self._bf16 is None else ("eager",)
         plan = self._plans.get(_signature(inputs, self._item_weights))
         return None if plan is None else plan.variant.key
 
@@ -269,7 +292,7 @@ class InductorEngine(Engine):
         try:
             # .item() of one-element constants (an eps, a rope theta) becomes its number,
             # as for ONNX export: Inductor cannot trace data-dependent scalars
-            module = prepare_for_export(self.segment.module, io_spec, inputs)
+            module = prepare_for_export(self._module(inputs), io_spec, inputs)
         except Exception as exc:
             raise LoweringError(f"segment {self.segment.name!r}: Inductor could not compile it: "
                                 f"{type(exc).__name__}: {exc}") from exc
@@ -310,7 +333,13 @@ class InductorEngine(Engine):
             return _Variant(key, compile_fx(module, inputs), STATIC, _kinds(inputs), {},
                             signature=signature)
         fakes, env, layouts, symbols = shapes.fake(mode)
-        compiled = compile_fx(module, fakes)
+        # Inductor's layout optimisation (channels-last for convolutions) asserts a stride its
+        # fake kernels did not predict once the batch is an unbacked symbol (a DiT's patch
+        # embedding, compiled with the rest of a fused step); a DiT has one such convolution
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(layout_optimization=False):
+            compiled = compile_fx(module, fakes)
         guards = env.produce_guards_expression(fakes, ignore_static=False)
         variant = _Variant(key, compiled, mode, _kinds(inputs), layouts, env, guards, symbols=symbols)
         if variant.fixes_for(inputs, signature) is None:

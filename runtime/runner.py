@@ -17,6 +17,10 @@ Dynamo calls it with the graph's flat inputs.  Per call it
   forecast of the rest, epilogue;
 * the full path again on samples whose check failed (``on_reject="recompute"``).
 
+Where the lowering compiles whole steps (``runtime/fused_step.py``: Inductor by
+default, eager on request), each path runs as one program instead of that
+sequence: the full step, and the speculative step checked or not.
+
 Calls from several threads are safe: routing happens under the runner's lock,
 a trajectory runs one step at a time under its own, and engines build once.
 """
@@ -37,8 +41,9 @@ from speca_compile.runtime.batch_view import BatchView, Env, merge, take_rows
 from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
-from speca_compile.runtime.feature_cache import add_base, cache_cuts, feature_groups
-from speca_compile.runtime.forecaster import NotLinear, combine_terms, weight_tensor
+from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
+from speca_compile.runtime.forecast_rows import by_part, forecast as forecast_view, take
+from speca_compile.runtime.fused_step import FusedSteps, lower_step, why_not_fused
 from speca_compile.errors import SpecaError
 from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.routing import Router
@@ -79,6 +84,13 @@ class Runner:
         # names a view cuts to its rows when the engines computed every row
         self._row_names = sorted({n for c in self.cache_cuts for n in program.cuts[c]} | set(self._leaves))
         self._verify_unbuilt = self.speculating and program.stack is not None
+        # a step as one program per path (runtime/fused_step.py), where the lowering and model allow
+        self.fused_reason = why_not_fused(program, options, batch_inputs, self.speculating)
+        self.fused = None if self.fused_reason is not None else FusedSteps(
+            program, self.groups, self.verify_unit, self._leaves, self.cache_cuts, options, batch_inputs,
+            lambda segment: lower_step(segment, options))
+        if self.fused is not None:
+            self._verify_unbuilt = False   # the checked step program holds the verify block
         # a mixed step sets the prologue's, the last cut's and the epilogue's values for every row
         self._side_kinds = dict(program.side_values or ())
         for name in program.cuts[0] if program.cuts else ():   # a graph input fed straight to block 0
@@ -186,7 +198,7 @@ class Runner:
             owner.update((row, (part, s)) for s, row in enumerate(part.rows))
         speculative = sorted(p.rows[s] for p in parts for s in p.plan.speculative)
         checked = [owner[r][0].plan.decisions[owner[r][1]] is Decision.CHECK for r in speculative]
-        shared = self._shares_ends(len(speculative) < batch, checked)
+        shared = self.fused is None and self._shares_ends(len(speculative) < batch, checked)
         if shared:
             env = self._mixed_step(args, parts, owner, batch, speculative, checked)
         else:
@@ -212,7 +224,10 @@ class Runner:
         used_by_view = []
         for rows, flags in self._speculative_groups(speculative, checked):
             view = self._view(args, rows, batch)
-            env, view_errors, used = self._speculate(view, owner, flags)
+            if self.fused is not None:   # the rows are all checked or none (_speculative_groups)
+                env, view_errors, used = self._speculate_fused(view, owner, flags[0])
+            else:
+                env, view_errors, used = self._speculate(view, owner, flags)
             pieces.append((view, env))
             errors.update(zip(rows, (float(e) for e in view_errors)))
             used_by_view.append((view, used))
@@ -223,9 +238,9 @@ class Runner:
             kept = [j for j, r in enumerate(view.rows.tolist())
                     if owner[r][0].traj.cache.recursive
                     and owner[r][0].plan.outcomes[owner[r][1]] is not Outcome.REJECTED]
-            for part, positions, samples in _by_part(owner, [view.rows[j] for j in kept], kept):
+            for part, positions, samples in by_part(owner, [view.rows[j] for j in kept], kept):
                 part.traj.cache.observe(samples, part.scaled[samples],
-                                        {c: tuple(_take(v, positions) for v in values)
+                                        {c: tuple(take(v, positions) for v in values)
                                          for c, values in used.items()})
         # samples due a full step and rejected ones share one full run
         recompute = sorted(p.rows[s] for p in parts for s in p.plan.recompute())
@@ -258,8 +273,8 @@ class Runner:
         spec = BatchView(program.placeholders, self.batch_inputs, args, speculative, batch)
         at_spec = spec.rows
         state0 = tuple(self._side_rows(env, name, at_spec) for name in cuts[0])
-        prefix = _forecast(owner, "prefix", spec, state0) if v > 0 else state0
-        state_v1 = _forecast(owner, "verify", spec, prefix)
+        prefix = forecast_view(owner, "prefix", spec, state0) if v > 0 else state0
+        state_v1 = forecast_view(owner, "verify", spec, prefix)
         due = [r for r, c in zip(speculative, checked) if c]
         errors: Dict[int, float] = {}
         if due:
@@ -275,14 +290,14 @@ class Runner:
             state_v1 = tuple(f.index_copy(0, at_due.to(f.device), r) for f, r in zip(state_v1, real))
         for part in parts:
             part.plan.judge([errors.get(part.rows[s], 0.0) for s in part.plan.speculative], part.traj.policy.accepts)
-        state_l = _forecast(owner, "rest", spec, state_v1) if v + 1 < L else state_v1
+        state_l = forecast_view(owner, "rest", spec, state_v1) if v + 1 < L else state_v1
         if any(p.traj.cache.recursive for p in parts):   # FoCa: record what was used
             used = {0: state0, v: prefix, v + 1: state_v1, L: state_l}
             kept = [j for j, r in enumerate(speculative) if owner[r][0].traj.cache.recursive
                     and owner[r][0].plan.outcomes[owner[r][1]] is not Outcome.REJECTED]
-            for part, positions, samples in _by_part(owner, [speculative[j] for j in kept], kept):
+            for part, positions, samples in by_part(owner, [speculative[j] for j in kept], kept):
                 part.traj.cache.observe(samples, part.scaled[samples],
-                                        {c: tuple(_take(x, positions) for x in used[c]) for c in self.cache_cuts})
+                                        {c: tuple(take(x, positions) for x in used[c]) for c in self.cache_cuts})
         final = [x.new_empty((batch,) + tuple(x.shape[1:])).index_copy_(0, at_spec.to(x.device), x)
                  for x in state_l]
         recompute = sorted(p.rows[s] for p in parts for s in p.plan.recompute())
@@ -348,12 +363,15 @@ class Runner:
     def _cache_full(self, env: Env, rows: List[int], owner: Dict) -> None:
         """Hand each trajectory the full-step state of its ``rows`` (``env``: one row per row)."""
         cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
-        for part, positions, samples in _by_part(owner, rows, range(len(rows))):
+        for part, positions, samples in by_part(owner, rows, range(len(rows))):
             part.traj.cache.update(samples, part.scaled[samples],
-                                   {c: tuple(_take(v, positions) for v in values) for c, values in cuts.items()})
+                                   {c: tuple(take(v, positions) for v in values) for c, values in cuts.items()})
 
     def _run_full(self, view: BatchView) -> Env:
         env = view.bind()
+        if self.fused is not None:
+            env.update(self.fused.full(env, len(view.work)))
+            return env
         for segment in self.program.full_path:
             self._run_segment(env, segment)
         if self._verify_unbuilt:
@@ -382,7 +400,7 @@ class Runner:
         work = view.work
 
         def predict(group: str, base):
-            return _forecast(owner, group, view, base)
+            return forecast_view(owner, group, view, base)
 
         self._run_segment(env, self.program.prologue)
         state = self._values(env, 0)
@@ -403,6 +421,16 @@ class Runner:
         self._run_segment(env, self.program.epilogue)
         used = {c: tuple(view.select(x) for x in self._values(env, c)) for c in self.cache_cuts}
         return view.select_env(env, self._row_names), view.select(errors), used
+
+    def _speculate_fused(self, view: BatchView, owner: Dict, checked: bool):
+        """``_speculate`` as one step program (``runtime/fused_step.py``); the view is a true
+        sub-batch, so its rows are the computed rows."""
+        env = view.bind()
+        outputs, errors = self.fused.speculative(env, view.rows.tolist(), owner, checked)
+        env.update(outputs)
+        if errors is None:
+            errors = torch.zeros(len(view.rows), dtype=torch.float64)
+        return env, errors.double().cpu(), None
 
     # --------------------------------------------------------------- helpers
     def _section(self, name: str):
@@ -435,12 +463,16 @@ class Runner:
             # the threshold scale in use: the option, or what tau0="auto" calibrated (None: not yet)
             "threshold": self.calibration.summary(),
             "lowering": self.options.lowering,
+            # one program per path and step (runtime/fused_step.py), or why the step runs segment by segment
+            "fused_steps": ({"programs": self.fused.count(), "buckets": self.fused.buckets}
+                            if self.fused is not None else {"off": self.fused_reason}),
             "calls": self.calls,
             "notes": list(self.notes) + ([] if self.inputs.latent_index is not None else [
                 "no latent input found: trajectories are told apart by generation, shapes and "
                 "timesteps only"]),
             # engines built so far (the per-block ones are built only for the blocks run alone)
-            "engines": [dict(e.info) for e in self.engines.values() if e.info and e.built()],
+            "engines": [dict(e.info) for e in list(self.engines.values()) + self._step_engines()
+                        if e.info and e.built()],
             "trajectories": trajectories,
             # calls whose timesteps could not be matched to their batch (they ran full)
             "unplaced_calls": unplaced,
@@ -448,6 +480,9 @@ class Runner:
             # steps whose rows took several paths; per_path where the side values are not known
             "mixed_steps": {**mixed, "side_values": side},
         }
+
+    def _step_engines(self) -> List[Engine]:
+        return self.fused.engines() if self.fused is not None else []
 
     def summaries_of(self, generation) -> List[Dict]:
         """The summaries of ``generation``'s active trajectories (a served request's counts)."""
@@ -469,68 +504,6 @@ class Part:
         self.rows = rows      # call rows, one per sample of the trajectory, in sample order
         self.times = times    # float64, one per row
         self.scaled = self.tau0 = self.horizons = self.plan = None
-
-
-def _by_part(owner: Dict, rows: Sequence[int], positions: Sequence[int]):
-    """(part, positions, samples) for the ``rows`` of a call (``positions``: where each sits in
-    the values at hand), grouped by the trajectory that owns them."""
-    grouped: Dict[int, Tuple[Part, List[int], List[int]]] = {}
-    for row, position in zip(rows, positions):
-        part, sample = owner[int(row)]
-        entry = grouped.setdefault(id(part), (part, [], []))
-        entry[1].append(int(position))
-        entry[2].append(sample)
-    return [(part, torch.tensor(pos, dtype=torch.long), torch.tensor(smp, dtype=torch.long))
-            for part, pos, smp in grouped.values()]
-
-
-def _take(value, at: torch.Tensor):
-    """``value``'s rows ``at``; ``value`` itself where ``at`` is all of its rows in order."""
-    if (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == len(at)
-            and torch.equal(at, torch.arange(len(at)))):
-        return value
-    return take_rows(value, at)
-
-
-def _forecast(owner: Dict, group: str, view: BatchView, base):
-    """The forecast of ``group`` for the rows the engines compute, each row's from its own
-    trajectory's cache.  Only the view's samples are forecast: where the engines compute every
-    row (inputs not sliceable), the other rows are zeros (a sample restarted this step has no
-    cache to forecast from); they are computed through and discarded, and no op of a DiT
-    mixes rows.  Rows of many trajectories (a served batch) are forecast in one pass: each
-    trajectory hands its weights and cached rows, combined once (``Forecaster.linear_terms``)."""
-    positions = range(len(view.rows)) if view.sliced else view.rows.tolist()
-    parts = _by_part(owner, view.rows.tolist(), positions)
-    size = len(view.work)
-    if len(parts) == 1 and torch.equal(parts[0][1], torch.arange(size)):
-        part, _, samples = parts[0]    # one trajectory computes every row: no gather or scatter
-        return part.traj.cache.predict(group, samples, part.scaled[samples], base)
-    try:
-        terms = [part.traj.cache.linear_terms(group, samples, part.scaled[samples]) for part, _, samples in parts]
-    except NotLinear:
-        return _forecast_each(parts, group, size, base)
-    weights = weight_tensor([w for ws, _ in terms for w in ws], len(terms[0][1]))
-    rows = [[torch.cat([r[k][s] for _, r in terms]) for s in range(len(terms[0][1][0]))]
-            for k in range(len(terms[0][1]))]
-    at = torch.cat([at for _, at, _ in parts])
-    feature = combine_terms(weights, rows)
-    if len(at) != size or not torch.equal(at, torch.arange(size)):
-        feature = tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f)
-                        for f in feature)
-    return add_base(feature, base)
-
-
-def _forecast_each(parts, group: str, size: int, base):
-    """``_forecast`` one trajectory at a time (a forecaster that is not a weighted sum: FoCa)."""
-    out = None
-    for part, at, samples in parts:
-        predicted = part.traj.cache.predict(group, samples, part.scaled[samples],
-                                            tuple(take_rows(b, at) for b in base))
-        if out is None:
-            out = tuple(p.new_zeros((size,) + tuple(p.shape[1:])) for p in predicted)
-        for o, p in zip(out, predicted):
-            o.index_copy_(0, at.to(p.device), p)
-    return out
 
 
 def _rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

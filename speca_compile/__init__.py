@@ -128,6 +128,8 @@ def stats(model) -> Dict:
         # (shared_ends), or one graph per path (per_path: the side values could not be cut to rows)
         "mixed_steps": {k: sum(g["mixed_steps"][k] for g in per_graph) for k in ("shared_ends", "per_path")},
         "notes": [n for g in per_graph for n in g["notes"]],
+        # per graph: the step programs built (runtime/fused_step.py), or why steps run segment by segment
+        "fused_steps": [g["fused_steps"] for g in per_graph],
         "per_graph": per_graph,
     }
 

@@ -22,8 +22,12 @@ ACCEPTANCES = ("budget", "step")
 ON_LOWERING_ERROR = ("raise", "eager")
 LOWERINGS = ("auto", "eager", "onnxruntime", "inductor", "tensorrt")
 PLANNED_LOWERINGS = ()
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 HALF_PRECISION_LOWERINGS = ("onnxruntime", "tensorrt")   # fp16 is set in their ONNX graphs
+BF16_LOWERINGS = ("eager", "inductor")   # bf16 casts around the segment's graph (runtime/precision.py)
+# the feature cache's storage dtype; None: the dtype of the features it is given.  No "fp16": the
+# divided differences grow as 1/gap^k and leave float16's range (65504); bfloat16 has float32's
+CACHE_DTYPES = (None, "fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +71,14 @@ class Options:
     # "auto": ONNX Runtime where it can run on the inputs' device (always on the CPU; on a GPU
     # with onnxruntime-gpu's CUDA provider), else eager; the backend resolves it per graph
     lowering: str = "auto"
+    # "fp16": the ONNX graphs compute in float16 (onnxruntime, tensorrt); "bf16": the segments
+    # compute in bfloat16 around casts (eager, inductor; runtime/precision.py); the runtime around
+    # them (cache, forecasts, verification, sampler) keeps the model's dtype either way
     precision: str = "fp32"
+    # the dtype the feature cache stores its per-sample rows in (None: as given, which "fp32" is
+    # for a float32 model; "bf16": half the cache bytes on any device); forecasts are computed in
+    # float32 at least and handed on in the stream's own dtype (runtime/feature_cache.py)
+    cache_dtype: Optional[str] = None
     # the speculative step (prologue, forecasts, verify block, per-sample error, epilogue) and
     # the full step as one graph each (runtime/fused_step.py) instead of a sequence of segments;
     # None: on with lowering="inductor" where the forecaster is a weighted sum (taylor, hermite)
@@ -147,8 +158,15 @@ class Options:
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
         check_precision(self)
+        _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         if self.fuse_steps is not None:
             _check_type("fuse_steps", self.fuse_steps, bool)
+        if self.fuse_steps and self.lowering in ("onnxruntime", "tensorrt"):
+            raise OptionsError(f"option 'fuse_steps' True needs lowering 'inductor' or 'eager' (whole steps as "
+                               f"one program); lowering {self.lowering!r} runs segment by segment")
+        if self.fuse_steps and self.precision == "bf16":
+            raise OptionsError("option 'fuse_steps' True does not run precision 'bf16' yet (its forecast "
+                               "arithmetic would be cast too); bf16 runs segment by segment")
         if self.step_buckets is not None:
             check_buckets(self.step_buckets)
         if self.on_lowering_error is not None:
@@ -165,13 +183,25 @@ class Options:
 
 
 def check_precision(options: "Options") -> None:
-    """Half precision is a property of the ONNX graphs; the eager and Inductor lowerings run
-    the model's own dtype (use ``model.half()`` there)."""
-    if options.precision != "fp32" and options.lowering not in HALF_PRECISION_LOWERINGS + ("auto",):
+    """Which lowerings take which precision.  ``"fp16"`` is a property of the ONNX graphs
+    (onnxruntime, tensorrt); the eager and Inductor lowerings do not convert to it (use
+    ``model.half()`` there).  ``"bf16"`` is cast around the segment's graph for the eager and
+    Inductor lowerings (``runtime/precision.py``); ONNX Runtime's Python binding cannot bind
+    bfloat16 tensors.  ``lowering="auto"`` is checked again once resolved: it resolves to
+    Inductor (or eager) for bf16 (``engine.auto_lowering``)."""
+    if options.lowering == "auto" or options.precision == "fp32":
+        return
+    if options.precision == "bf16" and options.lowering not in BF16_LOWERINGS:
         raise OptionsError(
-            f"option 'precision' {options.precision!r} needs lowering "
+            f"option 'precision' 'bf16' needs lowering {' or '.join(map(repr, BF16_LOWERINGS))} "
+            f"(or 'auto'): lowering {options.lowering!r} cannot compute in bfloat16 (ONNX Runtime's "
+            "Python binding cannot bind bfloat16 tensors); use precision 'fp16' there")
+    if options.precision == "fp16" and options.lowering not in HALF_PRECISION_LOWERINGS:
+        raise OptionsError(
+            f"option 'precision' 'fp16' needs lowering "
             f"{' or '.join(map(repr, HALF_PRECISION_LOWERINGS))} (precision is set in their ONNX graphs); "
-            f"lowering {options.lowering!r} runs the model in its own dtype: convert the model instead")
+            f"lowering {options.lowering!r} runs the model in its own dtype: convert the model instead, "
+            "or use precision 'bf16'")
 
 
 def check_buckets(buckets: Any) -> None:
