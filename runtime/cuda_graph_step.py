@@ -8,6 +8,10 @@ compiles, and its first call is checked against eager there), capture, then
 per call copy the inputs into the captured buffers, replay, and clone the
 outputs (the next replay overwrites them).
 
+The first replay is compared with the engine's own output on the same
+inputs (``engine_check.compare``, float32's bound); a capture that differs
+raises ``LoweringError`` and the caller runs that program uncaptured.
+
 Module state (weights) is captured at its own address and not copied: it is
 the same tensor every call.  An input whose shape, dtype or device differ, a
 weight at another address, or a scalar of another value does not fit, and
@@ -23,6 +27,9 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from speca_compile.errors import LoweringError
+from speca_compile.runtime.engine_check import FP32_BOUND, compare
+
 
 class CudaGraphStep:
     def __init__(self, run: Callable[[List], List], values: Sequence, static: Sequence[bool]):
@@ -36,11 +43,16 @@ class CudaGraphStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):   # compile, check, and let lazy initialisation happen outside the capture
-                run(self.buffers)
+                expected = [o.clone() if isinstance(o, torch.Tensor) else o for o in run(self.buffers)]
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = list(run(self.buffers))
+        # the capture is a lowering of its own: its first replay must give what the engine gave
+        self.graph.replay()
+        verdict = compare(expected, self.outputs, FP32_BOUND)
+        if not verdict.passed:
+            raise LoweringError(verdict.message("captured step", "CUDA graph"))
 
     def fits(self, values: Sequence) -> bool:
         """Whether ``values`` can replay this capture."""

@@ -60,12 +60,20 @@ def cache_cuts(groups: Sequence[FeatureGroup]) -> Tuple[int, ...]:
 
 def residual_pairing(target: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> Optional[Tuple[int, ...]]:
     """For each target stream, the index of the base stream it is a residual of; None if unpaired."""
-    if len(target) != len(base):
+    return pair_by_shape([tuple(t.shape) for t in target],
+                         [tuple(b.shape) if isinstance(b, torch.Tensor) else None for b in base])
+
+
+def pair_by_shape(target: Sequence, base: Sequence) -> Optional[Tuple[int, ...]]:
+    """``residual_pairing`` on shapes (None: a base that is no tensor): each target stream pairs
+    with the first unused base stream of its shape.  Shapes may be expressions (a fused step
+    pairs the streams' symbolic shapes, ``runtime/fused_step.py``)."""
+    if len(target) != len(base) or any(t is None for t in target):
         return None
     unused = list(range(len(base)))
     pairing = []
-    for t in target:
-        match = next((i for i in unused if isinstance(base[i], torch.Tensor) and base[i].shape == t.shape), None)
+    for shape in target:
+        match = next((i for i in unused if base[i] is not None and base[i] == shape), None)
         if match is None:
             return None
         unused.remove(match)
@@ -82,12 +90,17 @@ class FeatureCache:
         self.dtype = CACHE_DTYPES[cache_dtype]   # storage dtype; None: as given
         self.forecasters = {g.name: make_forecaster(forecaster, order, batch_size, sigma, self.dtype)
                             for g in groups}
+        # per group, which base stream each target stream was a residual of at the latest update
+        # (None: the raw state); a fused step checks its own pairing against it
+        self.pairings: Dict[str, Optional[Tuple[int, ...]]] = {}
         # FoCa's predictor runs on the trajectory as used, speculative steps included
         self.recursive = forecaster == "foca"
 
     def update(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
         """Cache the full-step state of samples ``index`` (``cuts`` maps cut -> values)."""
         for name, group in self.groups.items():
+            target, base = cuts[group.target], cuts[group.base]
+            self.pairings[name] = residual_pairing(target, base)
             self.forecasters[name].update(index, times, self._feature(group, cuts))
 
     def forget(self, index: torch.Tensor) -> None:

@@ -37,16 +37,19 @@ models run segment by segment (the reason is in ``stats``).
 
 from __future__ import annotations
 
+import re
 import threading
+import warnings
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
+from speca_compile.errors import LoweringError
 from speca_compile.options import Options
 from speca_compile.passes.fuse_step import (ERRORS, FORECAST_PREFIX, GroupForecast, cut_shapes, forecast_inputs,
                                             full_step_segment, speculative_step_segment)
 from speca_compile.passes.partition import Segment, SpeculativeProgram
-from speca_compile.runtime.feature_cache import FeatureGroup
+from speca_compile.runtime.feature_cache import FeatureGroup, pair_by_shape
 from speca_compile.runtime.forecast_rows import forecast_terms
 
 FUSED_LOWERINGS = ("eager", "inductor")
@@ -71,6 +74,25 @@ def why_not_fused(program: SpeculativeProgram, options: Options, batch_inputs, s
         return "the batched graph inputs are not known, so a sub-batch cannot be cut"
     if options.forecaster == "foca":
         return "forecaster 'foca' is not a weighted sum of cached rows"
+    return _batch_tied(program, batch_inputs)
+
+
+def _batch_tied(program: SpeculativeProgram, batch_inputs) -> Optional[str]:
+    """Why a sub-batch cannot run a whole step: Dynamo gave the batch the symbol of another size
+    equal to it when it traced (duck sizing: 16 rows of a 16x16 latent make one ``s0``), so the
+    graph computes that axis from the row count.  The segment-by-segment runner runs the
+    prologue and epilogue over every row in such steps; a fused step would cut them too."""
+    batch_symbols = {str(program.shapes[program.placeholders[i]][0]) for i in batch_inputs
+                     if program.shapes.get(program.placeholders[i])}
+    batch_symbols = {b for b in batch_symbols if re.fullmatch(r"[a-z]+\d+", b)}
+    for name in program.placeholders:
+        shape = program.shapes.get(name) or ()
+        lead = 1 if program.placeholders.index(name) in batch_inputs else 0
+        for axis, size in list(enumerate(shape))[lead:]:
+            tied = [b for b in batch_symbols if re.search(rf"\b{b}\b", str(size))]
+            if tied:
+                return (f"the batch size {tied[0]} also sizes axis {axis} of input {name!r} (Dynamo traced "
+                        f"them equal), so a sub-batch cannot run a whole step")
     return None
 
 
@@ -101,6 +123,8 @@ class FusedSteps:
         self.batched = {program.placeholders[i] for i in batch_inputs}
         self.state = set(program.placeholders) - set(program.user_inputs)   # module state: fixed addresses
         self.shapes = cut_shapes(program)
+        self.capture_errors: List[str] = []   # CUDA graph captures that disagreed with their engine
+        self.unfused_steps = 0   # speculative views run segment by segment (speculative returned None)
         self.fill: Optional[float] = None   # what padding rows hold (None: copies of the first row)
         self._programs: Dict[Hashable, Tuple[Segment, object]] = {}
         self._captured: Dict[Hashable, object] = {}
@@ -119,12 +143,17 @@ class FusedSteps:
 
     def speculative(self, env: Dict, rows: Sequence[int], owner: Dict, checked: bool):
         """The speculative step on ``env`` (the graph inputs of the call rows ``rows``), every
-        row checked or none: (the outputs by name, each row's error or None)."""
+        row checked or none: (the outputs by name, each row's error or None); None when a
+        trajectory's cache paired its streams otherwise than the program would (sizes equal
+        at run time that the graph keeps apart): the caller runs the step segment by segment."""
         env = dict(env)
         forecasts = []
+        caches = {id(part.traj): part.traj.cache for part, _ in (owner[r] for r in rows)}
         for group in self.groups:
             weights, terms = forecast_terms(owner, group.name, rows)
             shaped = _shape(group, terms, self.shapes)
+            if any(cache.pairings.get(group.name) != shaped.pairing for cache in caches.values()):
+                return None
             env.update(zip(forecast_inputs(shaped, len(terms[0])),
                            [weights.to(terms[0][0].device)] + [t for per_k in terms for t in per_k]))
             forecasts.append(shaped)
@@ -189,35 +218,29 @@ class FusedSteps:
 
         static = [name in self.state for name in segment.inputs]
         captured = self._captured.get((key, bucket))
+        if captured is False:   # its capture disagreed with the engine: run uncaptured
+            return engine.run(values)
         if captured is None or not captured.fits(values):
             with self._lock:
-                captured = self._captured[(key, bucket)] = CudaGraphStep(engine.run, values, static)
+                try:
+                    captured = self._captured[(key, bucket)] = CudaGraphStep(engine.run, values, static)
+                except LoweringError as exc:
+                    self._captured[(key, bucket)] = False
+                    self.capture_errors.append(f"{segment.name} at {bucket} rows: {exc}")
+                    warnings.warn(f"speca: running {segment.name!r} without a CUDA graph: {exc}", stacklevel=2)
+                    return engine.run(values)
         return captured(values)
 
 
 def _shape(group: FeatureGroup, terms, shapes) -> GroupForecast:
     """The ``GroupForecast`` (what its program depends on) of ``group``'s cached terms;
-    ``shapes``: ``passes.fuse_step.cut_shapes`` of the program."""
+    ``shapes``: ``passes.fuse_step.cut_shapes`` of the program, the streams' symbolic shapes,
+    so the pairing the cache applies to real values (``residual_pairing``) holds for every
+    batch and token count."""
     first = terms[0]
     return GroupForecast(group.name, group.base, group.target, len(terms),
-                         _pairing(shapes[group.target], shapes[group.base]),
+                         pair_by_shape(shapes[group.target], shapes[group.base]),
                          tuple(t.dim() for t in first), tuple(t.dtype for t in first))
-
-
-def _pairing(target: Sequence, base: Sequence) -> Optional[Tuple[int, ...]]:
-    """``feature_cache.residual_pairing``'s rule (each target stream pairs with the first unused
-    base stream of its shape) on the streams' symbolic shapes, so the pairing the cache applies
-    to real values holds for every batch and token count; None: the features are not residuals."""
-    if len(target) != len(base) or any(s is None for s in list(target) + list(base)):
-        return None
-    unused, pairing = list(range(len(base))), []
-    for shape in target:
-        match = next((i for i in unused if base[i] == shape), None)
-        if match is None:
-            return None
-        unused.remove(match)
-        pairing.append(match)
-    return tuple(pairing)
 
 
 def _on_cuda(values: Sequence) -> bool:

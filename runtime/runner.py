@@ -426,7 +426,12 @@ class Runner:
         """``_speculate`` as one step program (``runtime/fused_step.py``); the view is a true
         sub-batch, so its rows are the computed rows."""
         env = view.bind()
-        outputs, errors = self.fused.speculative(env, view.rows.tolist(), owner, checked)
+        result = self.fused.speculative(env, view.rows.tolist(), owner, checked)
+        if result is None:   # the caches pair streams otherwise than the program (fused_step)
+            with self.router.lock:
+                self.fused.unfused_steps += 1
+            return self._speculate(view, owner, [checked] * len(view.rows))
+        outputs, errors = result
         env.update(outputs)
         if errors is None:
             errors = torch.zeros(len(view.rows), dtype=torch.float64)
@@ -464,7 +469,10 @@ class Runner:
             "threshold": self.calibration.summary(),
             "lowering": self.options.lowering,
             # one program per path and step (runtime/fused_step.py), or why the step runs segment by segment
-            "fused_steps": ({"programs": self.fused.count(), "buckets": self.fused.buckets}
+            "fused_steps": ({"programs": self.fused.count(), "buckets": self.fused.buckets,
+                             "unfused_steps": self.fused.unfused_steps,
+                             "captured": sum(1 for c in self.fused._captured.values() if c),
+                             "capture_errors": list(self.fused.capture_errors)}
                             if self.fused is not None else {"off": self.fused_reason}),
             "calls": self.calls,
             "notes": list(self.notes) + ([] if self.inputs.latent_index is not None else [

@@ -70,3 +70,14 @@ def test_serve_tick_profile_breaks_a_tick_down_per_engine(reference_bundles, cap
     out = capsys.readouterr().out
     assert "step-full:" in out and "step-spec:" in out and "block_stack" in out
     assert "full / speculative ms per tick, per round:" in out
+
+
+def test_fused_step_ab_prints_its_table():
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "fused_step_ab.py"), "dit_digits",
+                           "--images", "3", "--steps", "8", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| speca")]
+    assert [line.split("|")[1].strip() for line in table] == [
+        "speca inductor fused", "speca inductor segments", "speca onnxruntime"]
+    assert "'programs'" in table[0] and "fuse_steps=False" in table[1]

@@ -44,7 +44,8 @@ def test_fused_steps_decide_and_compute_as_the_segment_by_segment_runner():
         assert helpers.rel_err(out, expected) < 1e-5
     stats = speca_compile.stats(fused)
     # three programs (full, speculative, speculative and checked) served every batch and sub-batch
-    assert stats["fused_steps"] == [{"programs": 3, "buckets": None}]
+    assert stats["fused_steps"] == [{"programs": 3, "buckets": None, "unfused_steps": 0, "captured": 0,
+                                     "capture_errors": []}]
     assert stats["mixed_steps"]["shared_ends"] == 0 and stats["mixed_steps"]["per_path"] > 0
     assert speca_compile.stats(segments)["fused_steps"] == [{"off": "fuse_steps=False"}]
 
@@ -106,6 +107,35 @@ def test_fused_steps_need_a_lowering_that_runs_them():
     assert "foca" in state["off"]
 
 
+def test_a_step_whose_cache_paired_streams_otherwise_runs_segment_by_segment(monkeypatch):
+    """Should the program's pairing of residual streams (by symbolic shape) disagree with the
+    one the cache applied (by real shape), the step runs segment by segment, counted."""
+    from speca_compile.runtime import fused_step
+
+    monkeypatch.setattr(fused_step, "pair_by_shape", lambda target, base: None)   # "not residuals"
+    z = helpers.build("dit")
+    segments = _compile(z, lowering="eager", fuse_steps=False)
+    fused = _compile(z, lowering="eager", fuse_steps=True)
+    expected = helpers.trajectory(z, segments, 3, 20)
+    out = helpers.trajectory(z, fused, 3, 20)
+    (state,) = speca_compile.stats(fused)["fused_steps"]
+    assert state["unfused_steps"] > 0
+    assert _decisions(fused) == _decisions(segments) and helpers.rel_err(out, expected) < 1e-5
+
+
+def test_a_batch_dynamo_tied_to_another_axis_runs_segment_by_segment():
+    """8 rows of the tiny DiT's 8x8 latent: Dynamo gives batch and height one symbol, so a
+    sub-batch cannot run a whole step; the runner says so and decides as before."""
+    z = helpers.build("dit")
+    segments = _compile(z, lowering="eager", fuse_steps=False)
+    fused = _compile(z, lowering="eager", fuse_steps=True)
+    expected = helpers.trajectory(z, segments, 8, 20)
+    out = helpers.trajectory(z, fused, 8, 20)
+    (state,) = speca_compile.stats(fused)["fused_steps"]
+    assert "also sizes axis" in state["off"], state
+    assert _decisions(fused) == _decisions(segments) and torch.equal(out, expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_steps_decide_as_eager_on_cuda():
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -120,6 +150,7 @@ def test_cuda_graph_steps_decide_as_eager_on_cuda():
             reference = helpers.trajectory(z, eager, batch, 30, device="cuda")
             assert _decisions(compiled) == _decisions(eager)
             assert helpers.rel_err(out, reference) < 1e-4
-        assert _runner(compiled).fused._captured
+        state = speca_compile.stats(compiled)["fused_steps"][0]
+        assert state["captured"] > 0 and state["capture_errors"] == []
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
