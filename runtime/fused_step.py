@@ -56,14 +56,33 @@ FUSED_LOWERINGS = ("eager", "inductor")
 CUDA_BUCKETS = tuple(2 ** i for i in range(9))   # 1 .. 256 rows
 
 
+def resolve_fuse_steps(options: Options, example_inputs: Sequence) -> Tuple[Options, Optional[str]]:
+    """``fuse_steps=None`` made concrete for one graph, and a note for ``stats``: on for the
+    Inductor lowering on CUDA inputs at fp32, where a step is launch-bound and one program (a
+    CUDA graph per bucket) is meant to pay; off on the CPU, where the measurement is mixed
+    (``examples/fused_step_ab.py``: dit_digits 3-8 % slower than segment by segment, a mixed
+    step's rows then running the prologue and epilogue once per path instead of once;
+    flux_digits 16 % faster)."""
+    if options.fuse_steps is not None:
+        return options, None
+    cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in example_inputs)
+    on = options.lowering == "inductor" and cuda and options.precision == "fp32"
+    note = None
+    if options.lowering == "inductor":
+        note = ("fuse_steps: on (inductor on cuda: each step one program, CUDA graphs per bucket)" if on else
+                f"fuse_steps: off by default ({'precision ' + repr(options.precision) if cuda else 'inputs on the cpu'}; "
+                f"fuse_steps=True runs each step as one program)")
+    return options.replace(fuse_steps=on), note
+
+
 def why_not_fused(program: SpeculativeProgram, options: Options, batch_inputs, speculating: bool) -> Optional[str]:
     """None when the steps run fused, else why not (``stats`` notes it when asked for)."""
     if options.fuse_steps is False:
         return "fuse_steps=False"
     if options.lowering not in FUSED_LOWERINGS:
         return f"lowering {options.lowering!r} runs segment by segment (fused steps: {', '.join(FUSED_LOWERINGS)})"
-    if options.fuse_steps is None and options.lowering != "inductor":
-        return "fuse_steps is on by default with lowering 'inductor' only"
+    if options.fuse_steps is None:
+        return "fuse_steps is resolved per graph by the backend (resolve_fuse_steps)"
     if options.precision != "fp32":
         return f"precision {options.precision!r} runs segment by segment"
     if not speculating:

@@ -22,6 +22,7 @@ from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input, resumes_after_break
 from speca_compile.runtime.engine import lower, resolve_lowering
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
+from speca_compile.runtime.fused_step import resolve_fuse_steps
 from speca_compile.runtime.runner import Runner
 
 
@@ -35,7 +36,8 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
     program = dataclasses.replace(partition(gm, plan), resumed=_compiling_resume_function())
     _check_verify_block(settings, program.num_units)
     timestep_index, timestep_problem = find_timestep_input(program, settings)
-    notes = [lowering_note] if lowering_note else []
+    settings, fuse_note = resolve_fuse_steps(settings, example_inputs)
+    notes = [n for n in (lowering_note, fuse_note) if n]
     if timestep_problem and program.reason is None and resumes_after_break(program):
         timestep_problem = None   # runtime.call_inputs takes the preceding graph's timesteps
         notes.append("no timestep input: this graph resumes the forward after a graph break, so "

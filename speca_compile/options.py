@@ -81,7 +81,8 @@ class Options:
     cache_dtype: Optional[str] = None
     # the speculative step (prologue, forecasts, verify block, per-sample error, epilogue) and
     # the full step as one graph each (runtime/fused_step.py) instead of a sequence of segments;
-    # None: on with lowering="inductor" where the forecaster is a weighted sum (taylor, hermite)
+    # None: on with lowering="inductor" on CUDA inputs at fp32 (runtime/fused_step.py
+    # resolve_fuse_steps: mixed on the CPU, dit_digits slower, flux_digits faster), else off
     fuse_steps: Optional[bool] = None
     # sub-batch sizes a fused step is padded up to (static shapes: CUDA graphs); None: powers of
     # two on CUDA, none elsewhere (one compilation with a symbolic batch serves every size)

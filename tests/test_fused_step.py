@@ -53,7 +53,7 @@ def test_fused_steps_decide_and_compute_as_the_segment_by_segment_runner():
 def test_inductor_compiles_each_step_program_once_for_batches_2_3_and_5():
     z = helpers.build("dit")
     eager = _compile(z, lowering="eager")
-    compiled = _compile(z, lowering="inductor")   # fused by default with inductor
+    compiled = _compile(z, lowering="inductor", fuse_steps=True)   # by default only on CUDA
     for batch in (2, 3, 5):
         out = helpers.trajectory(z, compiled, batch, 50)
         reference = helpers.trajectory(z, eager, batch, 50)
@@ -93,6 +93,29 @@ def test_padding_rows_are_inert(name):
     summary = speca_compile.stats(poisoned)["trajectories"][-1]   # no padding row reached a cache
     assert summary["batch_size"] == 5 and all(len(step) == 5 for step in summary["decisions"])
     assert summary["cache_bytes"] == speca_compile.stats(plain)["trajectories"][-1]["cache_bytes"]
+
+
+def test_fuse_steps_by_default_only_for_inductor_on_cuda_at_fp32():
+    from speca_compile.options import Options
+    from speca_compile.runtime.fused_step import resolve_fuse_steps
+
+    cpu = [torch.zeros(2, 3)]
+    inductor = Options.parse({"lowering": "inductor"})
+    options, note = resolve_fuse_steps(inductor, cpu)
+    assert options.fuse_steps is False and "inputs on the cpu" in note
+    options, note = resolve_fuse_steps(Options.parse({"lowering": "onnxruntime"}), cpu)
+    assert options.fuse_steps is False and note is None
+    options, _ = resolve_fuse_steps(Options.parse({"lowering": "eager", "fuse_steps": True}), cpu)
+    assert options.fuse_steps is True   # named: kept
+
+    class OnCuda(torch.Tensor):
+        is_cuda = True
+
+    gpu = [torch.zeros(2, 3).as_subclass(OnCuda)]
+    options, note = resolve_fuse_steps(inductor, gpu)
+    assert options.fuse_steps is True and "on (inductor on cuda" in note
+    options, note = resolve_fuse_steps(Options.parse({"lowering": "inductor", "precision": "bf16"}), gpu)
+    assert options.fuse_steps is False and "bf16" in note
 
 
 def test_fused_steps_need_a_lowering_that_runs_them():

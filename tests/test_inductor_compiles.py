@@ -104,14 +104,15 @@ def test_each_segment_compiles_once_for_every_sub_batch_of_batches_2_3_and_5(sub
 
 @pytest.mark.parametrize("name", ["dit_digits", "flux_digits"])
 def test_the_trained_models_decide_and_compute_as_the_eager_lowering(name):
-    """The default Inductor lowering (whole steps as programs, tests/test_fused_step.py) on both
-    trained reference models: the eager lowering's decisions, each program compiled once."""
+    """The Inductor lowering with whole steps as programs (tests/test_fused_step.py; the default
+    on CUDA) on both trained reference models: the eager lowering's decisions, each program
+    compiled once."""
     from speca_compile.reference import store
 
     z = store.load(name)   # its call applies classifier-free guidance: 2 rows per image
     eager = torch.compile(z.model, backend="speca", dynamic=True, options={"lowering": "eager", "tau0": TAU0})
     compiled = torch.compile(z.model, backend="speca", dynamic=True,
-                             options={"lowering": "inductor", "tau0": TAU0})
+                             options={"lowering": "inductor", "tau0": TAU0, "fuse_steps": True})
     for batch in (2, 3):
         out = helpers.trajectory(z, compiled, batch, 20)
         decisions = _decisions(compiled)
