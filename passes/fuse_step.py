@@ -15,7 +15,7 @@ Two builders, both pure functions of the program:
   (``sum_k w[:, k] * term_k`` plus the base stream it is a residual of, the
   arithmetic of ``forecaster.combine_terms`` and ``feature_cache.add_base``);
   with ``checked``, the verify block on the forecast state before it and the
-  per-sample relative error of the forecast (``runtime/verify.py``), the rest
+  per-sample relative error of the forecast (``runtime/verify.py``'s, traced), the rest
   forecast from the *real* state after it (every row of a checked sub-batch
   is checked); the epilogue.  Outputs the program's outputs, then the errors.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx
@@ -41,7 +41,6 @@ from speca_compile.passes.partition import Segment, SpeculativeProgram
 FULL_STEP = "full_step"
 FORECAST_PREFIX = "speca_fc_"
 ERRORS = "speca_errors"
-_EPS = 1e-12   # runtime/verify.py's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +86,10 @@ def full_step_segment(program: SpeculativeProgram, outputs: Sequence[str], cache
 
 def speculative_step_segment(program: SpeculativeProgram, groups: Sequence[GroupForecast],
                              verify_unit: int, checked: bool, outputs: Sequence[str],
-                             metric: str = "rel_l2") -> Segment:
+                             error: Callable) -> Segment:
     """The speculative path as one segment (module docstring); ``groups`` in order prefix,
-    verify, rest, as ``feature_cache.feature_groups`` gives them."""
+    verify, rest, as ``feature_cache.feature_groups`` gives them; ``error(predicted, real)``:
+    the per-sample error of the checked forecast, traced into the graph."""
     cuts = program.cuts
     fakes = _fake_values(program)
     pieces: List[Segment] = [program.prologue]
@@ -100,7 +100,7 @@ def speculative_step_segment(program: SpeculativeProgram, groups: Sequence[Group
             forecast_names = [f"{FORECAST_PREFIX}{group.name}_out{s}" for s in range(len(targets))]
             pieces.append(_forecast_segment(group, list(cuts[group.base]), targets, forecast_names, fakes))
             pieces.append(program.units[verify_unit])
-            pieces.append(_error_segment(forecast_names, targets, metric))
+            pieces.append(_error_segment(forecast_names, targets, error))
         else:
             pieces.append(_forecast_segment(group, list(cuts[group.base]), targets, targets, fakes))
     pieces.append(program.epilogue)
@@ -150,28 +150,14 @@ def _forecast_segment(group: GroupForecast, bases: List[str], targets: List[str]
     return Segment(f"forecast_{group.name}", module, tuple(inputs), tuple(names))
 
 
-def _error_segment(predicted: List[str], real: List[str], metric: str) -> Segment:
-    """``verify.relative_error`` of the forecast against the verify block's output, per row."""
+def _error_segment(predicted: List[str], real: List[str], error: Callable) -> Segment:
+    """``error(predicted, real)`` (the runtime's per-sample error, ``verify.per_sample_error``)
+    traced into a segment: the fused step computes the error the segment runner computes."""
     graph = fx.Graph()
-    preds = [graph.placeholder(n) for n in predicted]
-    reals = [graph.placeholder(f"{FORECAST_PREFIX}real{s}") for s in range(len(real))]
-    num = den = None
-    for p, r in zip(preds, reals):
-        diff = graph.call_method("double", (graph.call_method("flatten", (graph.call_function(torch.sub, (p, r)), 1)),))
-        ref = graph.call_method("double", (graph.call_method("flatten", (r, 1)),))
-        if metric == "rel_l2":
-            d, e = graph.call_method("square", (diff,)), graph.call_method("square", (ref,))
-        elif metric == "rel_l1":
-            d, e = graph.call_method("abs", (diff,)), graph.call_method("abs", (ref,))
-        else:
-            raise ValueError(f"unknown error metric {metric!r}")
-        d, e = graph.call_method("sum", (d, 1)), graph.call_method("sum", (e, 1))
-        num = d if num is None else graph.call_function(torch.add, (num, d))
-        den = e if den is None else graph.call_function(torch.add, (den, e))
-    if metric == "rel_l2":
-        num, den = graph.call_method("sqrt", (num,)), graph.call_method("sqrt", (den,))
-    den = graph.call_function(torch.add, (den, _EPS))
-    graph.output((graph.call_function(torch.div, (num, den)),))
+    tracer = fx.proxy.GraphAppendingTracer(graph)
+    preds = [fx.Proxy(graph.placeholder(n), tracer) for n in predicted]
+    reals = [fx.Proxy(graph.placeholder(f"{FORECAST_PREFIX}real{s}"), tracer) for s in range(len(real))]
+    graph.output((error(preds, reals).node,))
     module = fx.GraphModule({}, graph, class_name="SpecaError")
     return Segment("forecast_error", module, tuple(predicted) + tuple(real), (ERRORS,))
 

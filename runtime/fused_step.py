@@ -51,6 +51,7 @@ from speca_compile.passes.fuse_step import (ERRORS, FORECAST_PREFIX, GroupForeca
 from speca_compile.passes.partition import Segment, SpeculativeProgram
 from speca_compile.runtime.feature_cache import FeatureGroup, pair_by_shape
 from speca_compile.runtime.forecast_rows import forecast_terms
+from speca_compile.runtime.verify import per_sample_error
 
 FUSED_LOWERINGS = ("eager", "inductor")
 CUDA_BUCKETS = tuple(2 ** i for i in range(9))   # 1 .. 256 rows
@@ -178,7 +179,8 @@ class FusedSteps:
             forecasts.append(shaped)
         key = (checked, tuple(forecasts))
         segment, engine = self._program(key, lambda: speculative_step_segment(
-            self.program, forecasts, self.verify_unit, checked, self.leaves, self.metric))
+            self.program, forecasts, self.verify_unit, checked, self.leaves,
+            lambda predicted, real: per_sample_error(predicted, real, self.metric)))
         outputs = dict(zip(segment.outputs, self._run(key, segment, engine, env, len(rows))))
         return outputs, outputs.pop(ERRORS, None)
 

@@ -17,6 +17,12 @@ _EPS = 1e-12
 
 def relative_error(pred: Sequence[torch.Tensor], real: Sequence[torch.Tensor], metric: str) -> torch.Tensor:
     """Error per sample (float64 on CPU), shape [batch]."""
+    return per_sample_error(pred, real, metric).cpu()
+
+
+def per_sample_error(pred: Sequence[torch.Tensor], real: Sequence[torch.Tensor], metric: str) -> torch.Tensor:
+    """``relative_error`` on the tensors' device: tensor methods only, so a fused step traces
+    it into its graph (``passes/fuse_step.py``) and both paths share one definition."""
     num = 0.0
     den = 0.0
     for p, r in zip(pred, real):
@@ -32,4 +38,4 @@ def relative_error(pred: Sequence[torch.Tensor], real: Sequence[torch.Tensor], m
             raise ValueError(f"unknown error metric {metric!r}")
     if metric == "rel_l2":
         num, den = num.sqrt(), den.sqrt()
-    return (num / (den + _EPS)).cpu()
+    return num / (den + _EPS)
