@@ -76,6 +76,10 @@ class SpeculativeProgram:
     # the prologue's side values as ((name, "row" | "shared" | "count"), ...) (passes.side_values);
     # None: not known, and a mixed step runs each path's whole graph on its rows
     side_values: Optional[Tuple[Tuple[str, str], ...]] = None
+    # the verify unit on every k-th token of each output (passes.token_subset), with each
+    # output's stride (1: a short stream checked whole); None: the check runs the whole unit
+    verify_tokens: Optional[Segment] = None
+    verify_token_strides: Tuple[int, ...] = ()
 
     @property
     def num_units(self) -> int:
@@ -102,7 +106,8 @@ class SpeculativeProgram:
 
     @property
     def all_segments(self) -> Tuple[Segment, ...]:
-        return self.segments + ((self.stack,) if self.stack is not None else ())
+        extra = tuple(s for s in (self.stack, self.verify_tokens) if s is not None)
+        return self.segments + extra
 
     def describe(self) -> str:
         """A human-readable summary (what ``speca inspect`` prints)."""

@@ -42,9 +42,21 @@ def structure(gm: fx.GraphModule) -> str:
         if node.op not in ("call_function", "call_method", "call_module") or is_scalar(node):
             continue
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
-        args = fx.node.map_aggregate((node.args, node.kwargs), _mask)
+        args = fx.node.map_aggregate(_keep_slice_steps((node.args, node.kwargs)), _mask)
         parts.append(f"{node.op}:{target}:{args!r}")
     return "\n".join(parts)
+
+
+def _keep_slice_steps(value):
+    """Slices as tuples whose step is kept: a step is never a size (``x[:, ::3]`` and
+    ``x[:, ::4]`` are different graphs: passes/token_subset.py), bounds may be."""
+    if isinstance(value, slice):
+        return ("slice", value.start, value.stop, f"step={value.step!r}")
+    if isinstance(value, (tuple, list)):
+        return type(value)(_keep_slice_steps(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _keep_slice_steps(v) for k, v in value.items()}
+    return value
 
 
 def _mask(value):

@@ -88,6 +88,8 @@ def why_not_fused(program: SpeculativeProgram, options: Options, batch_inputs, s
         return f"precision {options.precision!r} runs segment by segment"
     if not speculating:
         return "the model does not speculate"
+    if program.verify_tokens is not None:
+        return f"verify_stride={options.verify_stride} checks a token subset, which runs segment by segment"
     if program.stack is None:
         return "no fused block stack"
     if batch_inputs is None:

@@ -44,6 +44,7 @@ from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
 from speca_compile.runtime.forecast_rows import by_part, forecast as forecast_view, take
 from speca_compile.runtime.fused_step import FusedSteps, lower_step, why_not_fused
+from speca_compile.runtime.token_check import checked_tokens, with_real_tokens
 from speca_compile.errors import SpecaError
 from speca_compile.runtime.policy import Decision, Outcome
 from speca_compile.runtime.routing import Router
@@ -282,11 +283,16 @@ class Runner:
             sub = self._rows_env(args, env, due, batch)   # with the stream inputs at cut 0
             if v > 0:
                 sub.update(zip(cuts[v], (take_rows(x, at_due) for x in prefix)))
+            predicted = tuple(take_rows(f, at_due) for f in state_v1)
             with self._section("verify"):
-                self._run_segment(sub, program.units[v])
-            real = self._values(sub, v + 1)
-            errors.update(zip(due, (float(e) for e in relative_error(
-                tuple(take_rows(f, at_due) for f in state_v1), real, self.options.error_metric))))
+                real = self._run_check(sub, v)
+            if program.verify_tokens is not None:
+                strides = program.verify_token_strides
+                errors.update(zip(due, (float(e) for e in relative_error(
+                    checked_tokens(predicted, strides), real, self.options.error_metric))))
+                real = with_real_tokens(predicted, real, strides)
+            else:
+                errors.update(zip(due, (float(e) for e in relative_error(predicted, real, self.options.error_metric))))
             state_v1 = tuple(f.index_copy(0, at_due.to(f.device), r) for f, r in zip(state_v1, real))
         for part in parts:
             part.plan.judge([errors.get(part.rows[s], 0.0) for s in part.plan.speculative], part.traj.policy.accepts)
@@ -384,7 +390,7 @@ class Runner:
         with self._build_lock:
             if not self._verify_unbuilt:
                 return
-            verify = self.program.units[self.verify_unit]
+            verify = self.program.verify_tokens or self.program.units[self.verify_unit]
             if not self.engines[verify.name].built():
                 self._run_segment(dict(env), verify)
             self._verify_unbuilt = False
@@ -411,10 +417,14 @@ class Runner:
         errors = torch.zeros(len(work), dtype=torch.float64)
         if bool(check.any()):
             with self._section("verify"):
-                self._run_segment(env, self.program.units[v])
-            real = self._values(env, v + 1)
-            errors = relative_error(forecast, real, self.options.error_metric)
-            forecast = tuple(torch.where(_rows_mask(check, r), r, f) for r, f in zip(real, forecast))
+                real = self._run_check(env, v)
+            if self.program.verify_tokens is not None:
+                strides = self.program.verify_token_strides
+                errors = relative_error(checked_tokens(forecast, strides), real, self.options.error_metric)
+                forecast = with_real_tokens(forecast, real, strides, check)
+            else:
+                errors = relative_error(forecast, real, self.options.error_metric)
+                forecast = tuple(torch.where(_rows_mask(check, r), r, f) for r, f in zip(real, forecast))
         env.update(zip(cuts[v + 1], forecast))
         if v + 1 < self.num_units:
             env.update(zip(cuts[self.num_units], predict("rest", forecast)))
@@ -445,6 +455,15 @@ class Runner:
         outputs = self.engines[segment.name].run([env[n] for n in segment.inputs])
         env.update(zip(segment.outputs, outputs))
 
+    def _run_check(self, env: Env, v: int) -> Tuple[torch.Tensor, ...]:
+        """The verify block's real output for the check: the whole unit (into ``env``), or its
+        token subset (``program.verify_tokens``; its outputs, not the cut's values)."""
+        subset = self.program.verify_tokens
+        if subset is None:
+            self._run_segment(env, self.program.units[v])
+            return self._values(env, v + 1)
+        return tuple(self.engines[subset.name].run([env[n] for n in subset.inputs]))
+
     def _values(self, env: Env, cut: int) -> Tuple[torch.Tensor, ...]:
         return tuple(env[n] for n in self.program.cuts[cut])
 
@@ -465,6 +484,8 @@ class Runner:
             "reason": self.reason,
             "blocks": list(self.program.plan.units),
             "verify_block": self.verify_unit,
+            # the check's token stride per verify-block output (None: every token; passes/token_subset)
+            "verify_tokens": list(self.program.verify_token_strides) if self.program.verify_tokens is not None else None,
             # the threshold scale in use: the option, or what tau0="auto" calibrated (None: not yet)
             "threshold": self.calibration.summary(),
             "lowering": self.options.lowering,

@@ -18,6 +18,7 @@ from speca_compile import registry
 from speca_compile.errors import OptionsError
 from speca_compile.options import Options
 from speca_compile.passes import find_batch_inputs, find_blocks, find_side_values, fuse_stack, partition
+from speca_compile.passes.token_subset import with_token_subset
 from speca_compile.passes.graph_inputs import describe_graph_inputs
 from speca_compile.passes.timestep_input import find_timestep_input, resumes_after_break
 from speca_compile.runtime.engine import lower, resolve_lowering
@@ -48,6 +49,9 @@ def speca_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
         batch_inputs, note = find_batch_inputs(gm, example_inputs, program)
         notes.append(note)
     program = fuse_stack(program, _cache_cuts(settings, program, reason))
+    if reason is None:
+        program, note = with_token_subset(program, _verify_unit(settings, program), settings.verify_stride)
+        notes.extend([note] if note else [])
     if reason is None:
         side_values, note = find_side_values(gm, example_inputs, program, batch_inputs)
         program = dataclasses.replace(program, side_values=side_values)
@@ -80,6 +84,10 @@ def _cache_cuts(settings: Options, program, reason: Optional[str]):
     if reason is not None or not program.num_units:
         return ()
     return cache_cuts(feature_groups(settings.verify_block % program.num_units, program.num_units))
+
+
+def _verify_unit(settings: Options, program) -> Optional[int]:
+    return settings.verify_block % program.num_units if program.num_units else None
 
 
 def _check_verify_block(settings: Options, num_units: int) -> None:

@@ -66,6 +66,10 @@ class Options:
     # before the next such step takes it early), so samples of a batch compute fully together
     align_full_steps: int = 2
     verify_block: int = -1
+    # check every k-th token of the verify block's output (passes/token_subset.py: the block's
+    # queries, output projection and MLP on those tokens only, keys and values on all of them);
+    # 1: every token
+    verify_stride: int = 1
     error_metric: str = "rel_l2"
     on_reject: str = "recompute"
     # "auto": ONNX Runtime where it can run on the inputs' device (always on the CPU; on a GPU
@@ -149,6 +153,7 @@ class Options:
         _check_int("max_check_gap", self.max_check_gap, 1, None)
         _check_int("align_full_steps", self.align_full_steps, 1, None)
         _check_type("verify_block", self.verify_block, int)
+        _check_int("verify_stride", self.verify_stride, 1, None)
         _check_choice("error_metric", self.error_metric, ERROR_METRICS)
         _check_choice("on_reject", self.on_reject, ON_REJECT)
         if self.lowering in PLANNED_LOWERINGS:
