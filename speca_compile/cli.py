@@ -68,6 +68,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--forecasters", default=Options.forecaster,
                        help="comma-separated, speca rows for each: taylor, hermite, foca")
     bench.add_argument("--orders", default=str(Options.order), help="comma-separated forecast orders, speca rows for each")
+    bench.add_argument("--verify-strides", default="",
+                       help="comma-separated token strides of the check (verify_stride), speca rows for each; "
+                            "default: the default stride only")
     bench.add_argument("--max-speculative", default="",
                        help="comma-separated, speca rows for each: most forecast steps in a row "
                             "(default: each policy's own)")
@@ -337,6 +340,7 @@ def _bench(args, argv: List[str]) -> int:
     if not forecasters or any(v not in FORECASTERS for v in forecasters):
         raise SystemExit(f"speca bench: --forecasters got {args.forecasters!r}; valid: {', '.join(FORECASTERS)}")
     longest = _parse_ints("--max-speculative", args.max_speculative) if args.max_speculative.strip() else ()
+    strides = _parse_ints("--verify-strides", args.verify_strides) if args.verify_strides.strip() else ()
     orders = _parse_ints("--orders", args.orders)
     models = _parse_models(args.models)
     if args.scheduler_steps is not None and args.scheduler_steps < 1:
@@ -344,7 +348,7 @@ def _bench(args, argv: List[str]) -> int:
     if not args.quick:
         settings["acceptances"] = _parse_acceptances(args.acceptance)
     config = BenchConfig(models=models, lowerings=lowerings, forecasters=forecasters,
-                         orders=orders, max_speculatives=longest, device=device,
+                         orders=orders, max_speculatives=longest, verify_strides=strides, device=device,
                          schedulers=_parse_schedulers(args.schedulers, models),
                          scheduler_steps=args.scheduler_steps, **settings)
     for skipped in report.skipped_rows(config):

@@ -63,6 +63,20 @@ def test_speca_rows_for_each_policy_forecaster_order_and_max_speculative():
     assert (default["forecaster"], default["order"], default["acceptance"]) == ("hermite", 1, "budget")
 
 
+def test_speca_rows_for_each_verify_stride():
+    import torch
+
+    from speca_compile.bench.methods import build_methods
+
+    config = BenchConfig(models=("dit",), taus=(0.2,), lowerings=("eager",), acceptances=("budget",),
+                         verify_strides=(1, 4), inductor=False, peers=False)
+    methods = build_methods(load_model("dit"), config, torch.zeros(1), {})
+    spec = {m.name: m for m in methods if m.family.startswith("speca") and m.options.get("speculate", True)}
+    assert set(spec) == {"speca[eager] tau0=0.2", "speca[eager] tau0=0.2 verify_stride=4"}
+    assert spec["speca[eager] tau0=0.2 verify_stride=4"].options["verify_stride"] == 4
+    assert spec["speca[eager] tau0=0.2 verify_stride=4"].family == "speca[eager] verify_stride=4"
+
+
 def test_the_bench_pins_glibc_malloc_thresholds():
     """bench/allocator.py: on glibc the thresholds are set (and the report says so)."""
     import platform

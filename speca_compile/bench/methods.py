@@ -294,15 +294,19 @@ def speca_rows(config):
     for acceptance in config.acceptances:
         preset = STEP_POLICY if acceptance == "step" else {"acceptance": acceptance}
         taus = config.taus or POLICY_TAUS[acceptance]
-        for forecaster, order, longest, tau in itertools.product(
-                config.forecasters, config.orders, config.max_speculatives or (None,), taus):
+        for forecaster, order, longest, stride, tau in itertools.product(
+                config.forecasters, config.orders, config.max_speculatives or (None,),
+                getattr(config, "verify_strides", ()) or (None,), taus):
             options = {**preset, "tau0": tau, "forecaster": forecaster, "order": order}
             if longest is not None:
                 options["max_speculative"] = longest
+            if stride is not None:
+                options["verify_stride"] = stride
             variant = (("" if acceptance == DEFAULTS.acceptance else f" {acceptance}")
                        + ("" if forecaster == DEFAULTS.forecaster else f" {forecaster}")
                        + ("" if order == DEFAULTS.order else f" order={order}")
-                       + ("" if longest is None else f" max_spec={longest}"))
+                       + ("" if longest is None else f" max_spec={longest}")
+                       + ("" if stride in (None, DEFAULTS.verify_stride) else f" verify_stride={stride}"))
             rows.append((f"tau0={tau:g}" if not isinstance(tau, str) else f"tau0={tau}", variant, options))
     return rows
 

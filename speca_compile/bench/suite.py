@@ -60,6 +60,7 @@ class BenchConfig:
     forecasters: Sequence[str] = (Options.forecaster,)        # rows for each; default: the default
     orders: Sequence[int] = (Options.order,)
     max_speculatives: Sequence[int] = ()       # empty: each policy's own
+    verify_strides: Sequence[int] = ()         # rows for each token stride of the check; empty: the default
     inductor: bool = True                      # the torch.compile rows (one per compile mode)
     compile_modes: Sequence[str] = ("default",)    # torch.compile modes, a row each (methods.compile_modes())
     precision: str = "fp32"                    # or "bf16" (methods.BENCH_PRECISIONS)

@@ -137,8 +137,12 @@ class BundleModel:
             stack=declared.get(manifest.stack) if manifest.stack is not None else None,
             side_values=manifest.side_values)
         options = Options.parse({**manifest.settings, "lowering": "onnxruntime"})
+        notes = [f"loaded from bundle {path}"]
+        if options.verify_stride > 1:
+            notes.append(f"verify_stride={options.verify_stride}: a bundle checks every token "
+                         "(its token-subset segment is not exported yet)")
         self.runner = Runner(program, engines, options, manifest.batch_inputs, manifest.timestep_index,
-                             manifest.reason, notes=(f"loaded from bundle {path}",))
+                             manifest.reason, notes=tuple(notes))
 
     def __call__(self, *args, **kwargs):
         given = self.by_key(args, kwargs)
