@@ -172,7 +172,7 @@ class OnnxRuntimeEngine(Engine):
             event = "reused" if variant is not None else None
         if variant is None:
             path, _, _, event = self._onnx_file(inputs, io_spec, key)
-            check_key = verdict_key(self.cache, key, path, io_spec.describe(), bound)
+            check_key = verdict_key(self.cache, key, path, self._verdict_signature(io_spec), bound)
             verdict = read_verdict(self.cache, check_key)
             if verdict is not None and not verdict.passed:   # known to be wrong: no session
                 self.info.update(cache=event, file=str(path))
@@ -186,6 +186,12 @@ class OnnxRuntimeEngine(Engine):
                          build_seconds=round(time.perf_counter() - start, 3))
         return variant
 
+    def _verdict_signature(self, io_spec: SegmentIO) -> str:
+        """What a verdict beside a file is about: this segment's code and input specs.  A file
+        reused across a family is judged per segment: a verdict for a sibling segment (same
+        calls, other constants) says nothing about this one."""
+        return io_spec.describe() + "|" + cache_key("code", self.segment.module.code)
+
     def _reuse(self, family: str, io_spec: SegmentIO, inputs: Sequence, on_gpu: bool, bound: float):
         """A shape-general file of this segment's family (engine_reuse), if it agrees with eager here.
 
@@ -196,7 +202,7 @@ class OnnxRuntimeEngine(Engine):
         if key is None:
             return None, None
         path = self.cache.path(key, ".onnx")
-        check_key = verdict_key(self.cache, key, path, io_spec.describe(), bound)
+        check_key = verdict_key(self.cache, key, path, self._verdict_signature(io_spec), bound)
         known = read_verdict(self.cache, check_key)
         if known is not None and not known.passed:
             self.info["reuse_rejected"] = f"{path}: outputs differ from eager ({known.reason}; cached verdict)"

@@ -16,6 +16,7 @@ from speca_compile.registry import runners_for
 from speca_compile.runtime.token_check import checked_tokens, with_real_tokens
 from tests.helpers import ALL_MODELS, build, noise_for, rel_err, trajectory
 from tests.reference_dit import TimestepEmbedder
+from tests.test_partition import _Block
 
 EAGER = {"lowering": "eager"}
 
@@ -85,14 +86,8 @@ def test_a_stride_of_one_builds_nothing():
     assert token_subset_segment(program.units[-1], 1) == (None, "verify_stride is 1: every token is checked")
 
 
-class _CumsumBlock(nn.Module):
-    """A block that mixes tokens outside attention (a token-axis cumsum)."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.mix = nn.Linear(width, width)
-        self.mod = nn.Linear(width, width)
+class _CumsumBlock(_Block):
+    """test_partition's block, mixing tokens outside attention (a token-axis cumsum)."""
 
     def forward(self, h, c):
         return h + torch.tanh(self.mix(self.norm(h))).cumsum(1) * self.mod(c) * 0.1
@@ -163,3 +158,18 @@ def test_the_real_tokens_replace_the_forecast_on_checked_rows_only():
 def test_verify_stride_is_checked_by_name(bad):
     with pytest.raises(OptionsError, match="verify_stride"):
         Options.parse({"verify_stride": bad})
+
+
+def test_onnx_files_of_sibling_strides_are_not_mixed_up(tmp_path):
+    """Strides 3 and 4 make segments of the same calls with other slice steps: each gets its own
+    ONNX file (the family key keeps slice steps) and its own verdict (verdicts name the segment's
+    code), so the second runs right in a cache the first filled."""
+    z = build("dit")
+    full = trajectory(z, z.model, 2, 8)
+    for stride in (3, 4):
+        compiled = torch.compile(z.model, backend="speca", dynamic=True,
+                                 options={"lowering": "onnxruntime", "cache_dir": str(tmp_path),
+                                          "verify_stride": stride, "tau0": 0.2})
+        out = trajectory(z, compiled, 2, 8)
+        assert speca_compile.stats(compiled)["per_graph"][0]["verify_tokens"] == [stride]
+        assert rel_err(out, full) < 0.1
