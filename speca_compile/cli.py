@@ -37,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument("--batch", type=int, default=3,
                         help="example batch size (images); avoid sizes equal to other axes (Dynamo ties them)")
     export.add_argument("--tau0", type=_tau0_value, default=Options.tau0, help="a number, or 'auto'")
+    export.add_argument("--verify-stride", type=int, default=Options.verify_stride,
+                        help="check every k-th token of the verify block (verify_stride; 1: every token)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
     run = sub.add_parser("run", help="sample with a bundle (its example conditioning, fresh noise)")

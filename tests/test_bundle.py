@@ -14,6 +14,7 @@ from speca_compile.bundle import export as export_mod
 from speca_compile.bundle import manifest as mf
 from speca_compile.errors import BundleError
 from tests import helpers
+from tests.helpers import build, noise_for
 from tests.reference_dit import OriginalDiT, PolyDiT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,3 +307,38 @@ def test_manifest_parser_never_crashes_on_a_mutated_manifest(data):
         mf.parse(manifest)
     except BundleError:
         pass
+
+
+def test_a_token_subset_check_is_exported_and_runs_from_the_bundle(tmp_path):
+    """verify_stride > 1: the bundle holds the verify block on every k-th token (segment
+    verify_tokens) instead of the whole block and records the strides; the loaded bundle checks
+    with it (stats say so) and reproduces the model compiled with the same options, decisions
+    included.  A manifest whose strides do not fit the segment is refused by name."""
+    z = build("dit")
+    options = {"verify_stride": 2, "tau0": 0.2}
+    noise, extra = noise_for(z, 2, 0), z.make_inputs(2, 1)
+    path = speca_compile.export(z.model, (noise,), tmp_path / "bundle", options=options,
+                                example_kwargs={"timestep": torch.full((2,), 999.0), "return_dict": False, **extra})
+    manifest = json.loads((path / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["segments"]]
+    assert names == ["prologue", "verify_tokens", "block_stack", "epilogue"]
+    assert manifest["verify_tokens"] == [2] and manifest["settings"]["verify_stride"] == 2
+    loaded = speca_compile.load(path)
+
+    def bundle(*args, return_dict=None, **kwargs):
+        return loaded(*args, **kwargs)
+
+    got = helpers.trajectory(z, bundle, 2, 12)
+    torch._dynamo.reset()
+    compiled = torch.compile(z.model, backend="speca", dynamic=True,
+                             options={"lowering": "onnxruntime", "cache_dir": str(tmp_path / "engines"), **options})
+    expected = helpers.trajectory(z, compiled, 2, 12)
+    assert helpers.rel_err(got, expected) < 1e-4
+    stats, reference = loaded.stats(), speca_compile.stats(compiled)["per_graph"][0]
+    assert stats["verify_tokens"] == reference["verify_tokens"] == [2]
+    assert any("checks every 2-th token" in n for n in stats["notes"]), stats["notes"]
+    decisions = stats["trajectories"][-1]["decisions"]
+    assert decisions == reference["trajectories"][-1]["decisions"] and any("A" in d for d in decisions)
+    manifest["verify_tokens"] = [2, 2]
+    with pytest.raises(BundleError, match="'verify_tokens' holds 2 stride"):
+        mf.parse(manifest)

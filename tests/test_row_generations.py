@@ -92,6 +92,9 @@ def test_per_generation_overrides(tiny):
     full, strict, loose = Request(1, 3, speculate=False), Request(1, 3, tau0=1e-6), Request(1, 3, tau0=10.0)
     serve(model, [full, strict, loose], [0, 0, 0])
     assert all(step == "FF" for step in decisions_of(model, full.generation))
+    # a generation that never speculates keeps no cache (nothing would read it)
+    cache = {t["generation"]: t["cache_bytes"] for t in speca_compile.stats(model)["trajectories"]}
+    assert cache[full.generation.number] == 0 and cache[loose.generation.number] > 0
     n_full = {r: sum(d.count("F") + d.count("R") for d in decisions_of(model, r.generation))
               for r in (strict, loose)}
     assert n_full[strict] > n_full[loose]

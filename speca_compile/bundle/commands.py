@@ -25,7 +25,8 @@ def export_command(args) -> int:
     ref = load_model(args.model)
     positional, keywords = example_call(ref, args.batch)
     try:
-        path = speca_compile.export(ref.model, positional, args.out, options={"tau0": args.tau0},
+        path = speca_compile.export(ref.model, positional, args.out, options={"tau0": args.tau0,
+                                                                            "verify_stride": args.verify_stride},
                                     overwrite=args.overwrite, example_kwargs=keywords, serving=serving_of(ref))
     except SpecaError as exc:
         raise SystemExit(f"speca export: {exc}") from None

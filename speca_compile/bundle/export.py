@@ -114,8 +114,9 @@ def describe(runner, bundle: Path, positions: Optional[Dict[str, int]] = None) -
             inputs[p.key] = dataclasses.replace(d, shape=tuple(None if i == p.axis else s
                                                                 for i, s in enumerate(d.shape)))
     runs = list(program.full_path)
-    if runner.speculating:
-        runs.insert(1, program.units[runner.verify_unit])
+    subset = program.verify_tokens is not None
+    if runner.speculating:   # what a check runs: the verify block, or its token subset
+        runs.insert(1, program.verify_tokens if subset else program.units[runner.verify_unit])
     segments = tuple(_segment(i, seg, runner.engines[seg.name], bundle) for i, seg in enumerate(runs))
     outputs = _output_names(program.output)
     tensor_names = {seg.outputs[i] for seg in segments for i in seg.tensor_outputs}
@@ -133,7 +134,8 @@ def describe(runner, bundle: Path, positions: Optional[Dict[str, int]] = None) -
                        None if runner.batch_inputs is None else tuple(runner.batch_inputs),
                        program.batch_size if isinstance(program.batch_size, int) else None,
                        runner.reason, settings, {}, _versions(),
-                       side_values=program.side_values)
+                       side_values=program.side_values,
+                       verify_tokens=tuple(program.verify_token_strides) if subset and runner.speculating else None)
 
 
 def _segment(index: int, segment, engine, bundle: Path) -> mf.SegmentDecl:

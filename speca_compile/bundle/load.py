@@ -135,12 +135,17 @@ class BundleModel:
             segments=segments, cuts=manifest.cuts, output=tuple(ValueRef(n) for n in manifest.outputs),
             plan=plan, shapes={}, batch_size=manifest.batch_size, reason=manifest.reason,
             stack=declared.get(manifest.stack) if manifest.stack is not None else None,
-            side_values=manifest.side_values)
+            side_values=manifest.side_values,
+            verify_tokens=declared.get(mf.VERIFY_TOKENS) if manifest.verify_tokens is not None else None,
+            verify_token_strides=manifest.verify_tokens or ())
         options = Options.parse({**manifest.settings, "lowering": "onnxruntime"})
         notes = [f"loaded from bundle {path}"]
-        if options.verify_stride > 1:
-            notes.append(f"verify_stride={options.verify_stride}: a bundle checks every token "
-                         "(its token-subset segment is not exported yet)")
+        if manifest.verify_tokens is not None:
+            notes.append(f"verify_stride={options.verify_stride}: the verify block checks every "
+                         f"{options.verify_stride}-th token (the bundle's {mf.VERIFY_TOKENS} segment)")
+        elif options.verify_stride > 1:
+            notes.append(f"verify_stride={options.verify_stride}: every token checked (the export "
+                         "found no token subset of the verify block)")
         self.runner = Runner(program, engines, options, manifest.batch_inputs, manifest.timestep_index,
                              manifest.reason, notes=tuple(notes))
 

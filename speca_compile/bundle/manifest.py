@@ -22,7 +22,9 @@ PLACEHOLDER_KINDS = ("input", "dim", "module")
 SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta", "warmup", "min_speculative",
             "max_speculative", "verify_block", "error_metric", "on_reject", "timestep_input")
 # settings added after schema 2, with the value a bundle written before them ran with
-LATER_SETTINGS = {"acceptance": "step", "check_margin": 0.5, "max_check_gap": 5}
+LATER_SETTINGS = {"acceptance": "step", "check_margin": 0.5, "max_check_gap": 5, "verify_stride": 1,
+                  "align_full_steps": 2}
+VERIFY_TOKENS = "verify_tokens"   # the segment of the verify block on a token subset (passes/token_subset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Manifest:
     # the prologue's side values ((name, "row" | "shared" | "count"), ...) (passes/side_values): a
     # mixed step runs one prologue and epilogue over all rows; optional (added within schema 2)
     side_values: Optional[Tuple[Tuple[str, str], ...]] = None
+    # the token stride of the check per verify-block output when the bundle holds the verify block
+    # on a token subset (segment ``verify_tokens``, option verify_stride > 1) instead of the whole
+    # block; optional (added within schema 2: None, every token checked by the whole block)
+    verify_tokens: Optional[Tuple[int, ...]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -134,7 +140,8 @@ def parse(data: Any) -> Manifest:
                         batch_inputs, batch_size, reason,
                         {**{k: settings[k] for k in SETTINGS},
                          **{k: settings.get(k, default) for k, default in LATER_SETTINGS.items()}}, files, created,
-                        _serving(obj.get("serving"), set(keys)), _side_values(obj.get("side_values")))
+                        _serving(obj.get("serving"), set(keys)), _side_values(obj.get("side_values")),
+                        _verify_tokens(obj.get("verify_tokens"), segments))
     absent = [n for n in needed_segments(manifest) if n not in names]
     if absent:
         raise BundleError(f"manifest.json: 'segments' lacks {', '.join(absent)}, which the runtime runs")
@@ -142,7 +149,8 @@ def parse(data: Any) -> Manifest:
 
 
 def needed_segments(manifest: Manifest) -> List[str]:
-    """The segments the runtime runs: the full path, and the verify block when it speculates."""
+    """The segments the runtime runs: the full path, and the verify block (or its token subset)
+    when it speculates."""
     if not manifest.cuts:
         return [d.name for d in manifest.segments[:1]]
     units = [unit_segment_name(i, u) for i, u in enumerate(manifest.units)]
@@ -152,8 +160,23 @@ def needed_segments(manifest: Manifest) -> List[str]:
         if not (_is_int(verify) and -len(units) <= verify < len(units)):
             raise BundleError(f"manifest.json: settings.verify_block is {verify!r}, expected an index "
                               f"into the {len(units)} units")
-        names.append(units[verify])
+        names.append(VERIFY_TOKENS if manifest.verify_tokens is not None else units[verify])
     return names
+
+
+def _verify_tokens(value, segments) -> Optional[Tuple[int, ...]]:
+    """The optional ``verify_tokens`` strides: one integer >= 1 per output of the segment."""
+    if value is None:
+        return None
+    strides = _list_of(value, "verify_tokens")
+    if not strides or not all(_is_int(k) and k >= 1 for k in strides):
+        raise BundleError(f"manifest.json: 'verify_tokens' is {strides!r}, expected a non-empty list of "
+                          "token strides >= 1")
+    segment = next((d for d in segments if d.name == VERIFY_TOKENS), None)
+    if segment is not None and len(segment.outputs) != len(strides):
+        raise BundleError(f"manifest.json: 'verify_tokens' holds {len(strides)} stride(s) for the "
+                          f"{len(segment.outputs)} output(s) of segment {VERIFY_TOKENS!r}")
+    return tuple(strides)
 
 
 SIDE_KINDS = ("row", "shared", "count")
