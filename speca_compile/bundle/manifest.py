@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from speca_compile.errors import BundleError
 from speca_compile.passes.partition import unit_segment_name
+# the segment of the verify block on a token subset (named by the pass that makes it)
+from speca_compile.passes.token_subset import SEGMENT_NAME as VERIFY_TOKENS
 
 FORMAT = "speca-bundle"
 SCHEMA_VERSION = 2   # 2: only the segments the runtime runs, and the fused block stack
@@ -24,7 +26,6 @@ SETTINGS = ("speculate", "forecaster", "order", "hermite_sigma", "tau0", "beta",
 # settings added after schema 2, with the value a bundle written before them ran with
 LATER_SETTINGS = {"acceptance": "step", "check_margin": 0.5, "max_check_gap": 5, "verify_stride": 1,
                   "align_full_steps": 2}
-VERIFY_TOKENS = "verify_tokens"   # the segment of the verify block on a token subset (passes/token_subset)
 
 
 @dataclasses.dataclass(frozen=True)
