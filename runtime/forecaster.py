@@ -140,17 +140,27 @@ class TaylorForecaster(Forecaster):
         self.times[index] = 0.0
 
     def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:
-        """Newton basis weights, one list of ``terms`` floats per sample; zero beyond a sample's
+        """One list of ``terms`` floats per sample (``sample_weights``), zero beyond a sample's
         history.  Python floats (float64): a handful of numbers per sample, where tensor ops
         would cost more in dispatch than in arithmetic; left as lists so that a served batch
-        makes one tensor of every request's weights (``linear_terms``)."""
-        rows = []
+        makes one tensor of every request's weights (``linear_terms``).  Computed once per
+        distinct (timestep, history, count): the rows of one generation share them, so a batch
+        of 50 rows costs one evaluation, not 50 (the same floats either way)."""
+        rows, seen = [], {}
         for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
-            w = [1.0]
-            for k in range(1, self.terms):
-                w.append(w[k - 1] * (t - hist[k - 1]))
-            rows.append([v if k < count else 0.0 for k, v in enumerate(w)])
+            key = (t, tuple(hist), count)
+            row = seen.get(key)
+            if row is None:
+                row = seen[key] = self.sample_weights(t, hist, count)
+            rows.append(row)
         return rows
+
+    def sample_weights(self, t: float, hist: List[float], count: int) -> List[float]:
+        """Newton basis weights of one sample at ``t`` with full steps at ``hist`` (newest first)."""
+        w = [1.0]
+        for k in range(1, self.terms):
+            w.append(w[k - 1] * (t - hist[k - 1]))
+        return [v if k < count else 0.0 for k, v in enumerate(w)]
 
     def storage_dtype(self, value: torch.Tensor) -> torch.dtype:
         """The dtype a stream's rows are stored in: ``dtype``, or the feature's own."""

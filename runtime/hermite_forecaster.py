@@ -34,26 +34,23 @@ class HermiteForecaster(TaylorForecaster):
         super().__init__(order, batch_size, dtype)
         self.sigma = sigma
 
-    def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:
-        """Per sample, the weight of each divided difference (``terms`` floats), in Python
-        floats (float64: a few numbers per sample; tensor ops would cost more in dispatch)."""
+    def sample_weights(self, t: float, hist: List[float], count: int) -> List[float]:
+        """One sample's weight of each divided difference (``terms`` floats) in the scaled
+        Hermite basis (``weight_rows`` calls it once per distinct timestep and history)."""
         terms, sigma = self.terms, self.sigma
-        rows = []
-        for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
-            # newton[k][m]: coefficient of u^m in prod_{j<k} (u + (t0 - t_j)), u = t - t0
-            newton = [[1.0] + [0.0] * (terms - 1)]
-            for k in range(1, terms):
-                shift = hist[0] - hist[k - 1]
-                prev = newton[k - 1]
-                newton.append([(prev[m - 1] if m else 0.0) + shift * prev[m] for m in range(terms)])
-            gap = hist[0] - hist[1] if terms > 1 else 1.0
-            if not (count >= 2 and gap != 0):
-                gap = 1.0
-            y = sigma * ((t - hist[0]) / gap)
-            hermite = [1.0, 2 * y]
-            for n in range(1, terms - 1):
-                hermite.append(2 * y * hermite[n] - 2 * n * hermite[n - 1])
-            basis = [gap ** m * sigma ** m * hermite[m] for m in range(terms)]   # replaces u^m
-            rows.append([sum(c * b for c, b in zip(newton[k], basis)) if k < count else 0.0
-                         for k in range(terms)])
-        return rows
+        # newton[k][m]: coefficient of u^m in prod_{j<k} (u + (t0 - t_j)), u = t - t0
+        newton = [[1.0] + [0.0] * (terms - 1)]
+        for k in range(1, terms):
+            shift = hist[0] - hist[k - 1]
+            prev = newton[k - 1]
+            newton.append([(prev[m - 1] if m else 0.0) + shift * prev[m] for m in range(terms)])
+        gap = hist[0] - hist[1] if terms > 1 else 1.0
+        if not (count >= 2 and gap != 0):
+            gap = 1.0
+        y = sigma * ((t - hist[0]) / gap)
+        hermite = [1.0, 2 * y]
+        for n in range(1, terms - 1):
+            hermite.append(2 * y * hermite[n] - 2 * n * hermite[n - 1])
+        basis = [gap ** m * sigma ** m * hermite[m] for m in range(terms)]   # replaces u^m
+        return [sum(c * b for c, b in zip(newton[k], basis)) if k < count else 0.0
+                for k in range(terms)]
