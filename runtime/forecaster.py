@@ -85,32 +85,41 @@ class TaylorForecaster(Forecaster):
         self.diffs: Optional[List[List[torch.Tensor]]] = None  # diffs[k][stream]: [B, ...]
 
     def update(self, index: torch.Tensor, times: torch.Tensor, value: Feature) -> None:
-        """Add a full-step feature for samples ``index`` at ``times`` (one per sample)."""
+        """Add a full-step feature for samples ``index`` at ``times`` (one per sample).
+
+        The per-sample bookkeeping (timesteps, counts, gaps) is a handful of numbers per
+        sample: it is read to Python once and written back once, and each term's scale is one
+        small tensor, so a served request's update (two rows) costs a few tensor ops per
+        stream, not a few per sample and term.  The arithmetic on the rows is unchanged."""
         value = tuple(v.detach() for v in value)
         if self.diffs is None:
             self.dtypes = [v.dtype for v in value]
             self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=self.storage_dtype(v),
                                        device=v.device) for v in value] for _ in range(self.terms)]
-        times = times.to(torch.float64)
-        same = (self.times[index, 0] == times) & (self.count[index] > 0)
-        if bool(same.any()):
-            self._pop(index[same])
-        old_times = self.times[index]
-        count = self.count[index]
+        samples = index.tolist()
         # every sample of the trajectory (a served request's rows, a batch's full step): the
         # stored rows are read and written whole, without a gather and a scatter per term
-        whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))
+        whole = samples == list(range(self.batch_size))
+        new_times = times.to(torch.float64).tolist()
+        old_times, count = self._history(index, whole)
+        same = [j for j, (t, hist, c) in enumerate(zip(new_times, old_times, count)) if c > 0 and hist[0] == t]
+        if same:
+            self._pop(index[same])
+            old_times, count = self._history(index, whole)
         new = [list(value)]
         for k in range(1, self.terms):
-            gap = (times - old_times[:, k - 1])
-            valid = count >= k
-            gap = torch.where(valid, gap, torch.ones_like(gap))
+            valid = torch.tensor([c >= k for c in count])
+            gap = torch.tensor([t - hist[k - 1] if c >= k else 1.0
+                                for t, hist, c in zip(new_times, old_times, count)], dtype=torch.float64)
+            scales = {}
             row = []
             for s, e_prev in enumerate(new[k - 1]):
                 # a stored row in a narrower dtype is upcast by type promotion (no copy)
                 d_prev = self.diffs[k - 1][s] if whole else self.diffs[k - 1][s][index]
-                scale = _per_sample(valid.to(e_prev.dtype) / gap.to(e_prev.dtype), e_prev)
-                row.append((e_prev - d_prev) * scale.to(e_prev.device))
+                scale = scales.get(e_prev.dtype)
+                if scale is None:
+                    scale = scales[e_prev.dtype] = valid.to(e_prev.dtype) / gap.to(e_prev.dtype)
+                row.append((e_prev - d_prev) * _per_sample(scale, e_prev).to(e_prev.device))
             new.append(row)
         for k in range(self.terms):   # after every term is computed: the old rows are read above
             for s in range(len(value)):
@@ -118,8 +127,20 @@ class TaylorForecaster(Forecaster):
                     self.diffs[k][s].copy_(new[k][s])   # rounds to the storage dtype
                 else:
                     self.diffs[k][s][index] = new[k][s].to(self.diffs[k][s].dtype)
-        self.times[index] = torch.cat([times[:, None], old_times[:, :-1]], dim=1)
-        self.count[index] = torch.clamp(count + 1, max=self.terms)
+        shifted = torch.tensor([[t] + hist[:-1] for t, hist in zip(new_times, old_times)], dtype=torch.float64)
+        counted = torch.tensor([min(c + 1, self.terms) for c in count], dtype=torch.long)
+        if whole:
+            self.times.copy_(shifted.reshape(self.times.shape))
+            self.count.copy_(counted)
+        else:
+            self.times[index] = shifted
+            self.count[index] = counted
+
+    def _history(self, index: torch.Tensor, whole: bool) -> Tuple[List[List[float]], List[int]]:
+        """Samples ``index``'s cached timesteps (newest first) and counts, as Python numbers."""
+        if whole:
+            return self.times.tolist(), self.count.tolist()
+        return self.times[index].tolist(), self.count[index].tolist()
 
     def _pop(self, index: torch.Tensor) -> None:
         """Remove the newest cached step of samples ``index``.  From the newest diagonal
@@ -139,15 +160,18 @@ class TaylorForecaster(Forecaster):
         self.count[index] = 0
         self.times[index] = 0.0
 
-    def weight_rows(self, index: torch.Tensor, times: torch.Tensor) -> List[List[float]]:
+    def weight_rows(self, index: torch.Tensor, times: torch.Tensor,
+                    history: Optional[Tuple[List[List[float]], List[int]]] = None) -> List[List[float]]:
         """One list of ``terms`` floats per sample (``sample_weights``), zero beyond a sample's
         history.  Python floats (float64): a handful of numbers per sample, where tensor ops
         would cost more in dispatch than in arithmetic; left as lists so that a served batch
         makes one tensor of every request's weights (``linear_terms``).  Computed once per
         distinct (timestep, history, count): the rows of one generation share them, so a batch
-        of 50 rows costs one evaluation, not 50 (the same floats either way)."""
+        of 50 rows costs one evaluation, not 50 (the same floats either way).  ``history``:
+        the samples' ``_history`` where the caller has read it already."""
+        hists, counts = history if history is not None else self._history(index, False)
         rows, seen = [], {}
-        for t, hist, count in zip(times.tolist(), self.times[index].tolist(), self.count[index].tolist()):
+        for t, hist, count in zip(times.tolist(), hists, counts):
             key = (t, tuple(hist), count)
             row = seen.get(key)
             if row is None:
@@ -185,11 +209,12 @@ class TaylorForecaster(Forecaster):
         Separate so that a batch whose rows belong to many trajectories (a served batch: one
         per request) gathers every trajectory's terms and combines them in one pass instead of
         one small pass per trajectory."""
-        if self.diffs is None or min(self.count[index].tolist(), default=1) == 0:
+        whole = index.tolist() == list(range(self.batch_size))
+        history = self._history(index, whole)
+        if self.diffs is None or min(history[1], default=1) == 0:
             raise RuntimeError("forecast requested for a sample with no cached full step")
-        whole = len(index) == self.batch_size and torch.equal(index, torch.arange(self.batch_size))
         rows = [[d if whole else d[index] for d in per_k] for per_k in self.diffs]
-        return self.weight_rows(index, times), rows
+        return self.weight_rows(index, times, history), rows
 
     def nbytes(self) -> int:
         if self.diffs is None:
