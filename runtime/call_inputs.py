@@ -55,6 +55,10 @@ class CallInputs:
         # no timestep input, but blocks to speculate over after a graph break: inherit it
         self.inherits = (timestep_index is None and program.reason is None and program.num_units > 0
                          and resumes_after_break(program))
+        # positions of the user's inputs among the placeholders (the module's weights are the
+        # rest): read on every call, so found once rather than by name per placeholder per call
+        users = set(program.user_inputs)
+        self._user_positions = tuple(i for i, name in enumerate(program.placeholders) if name in users)
 
     def timesteps(self, args) -> Tuple[Optional[List[float]], Optional[str]]:
         """(one timestep per sample, None) or (None, why not); (None, None) when the
@@ -121,8 +125,8 @@ class CallInputs:
         """The call's other tensor inputs (prompt embeddings, class labels, ids): a branch
         keeps them from step to step, and CFG's halves called separately differ in them."""
         skip = (self.timestep_index, self.latent_index)
-        return tuple(a for i, (name, a) in enumerate(zip(self.program.placeholders, args))
-                     if name in self.program.user_inputs and i not in skip and isinstance(a, torch.Tensor))
+        return tuple(args[i] for i in self._user_positions
+                     if i not in skip and isinstance(args[i], torch.Tensor))
 
     def signature(self, args, rows: Optional[int] = None) -> Tuple:
         """The input shapes (and symbolic sizes) that must match for a call to continue a
@@ -136,6 +140,5 @@ class CallInputs:
             if isinstance(a, torch.Tensor):
                 return (rows,) + tuple(a.shape[1:]) if i in batched and a.dim() else tuple(a.shape)
             return rows if i in batched else a
-        return tuple(shape(i, a) for i, (name, a) in enumerate(zip(program.placeholders, args))
-                     if name in program.user_inputs and i != self.timestep_index
-                     and not isinstance(a, float))
+        return tuple(shape(i, args[i]) for i in self._user_positions
+                     if i != self.timestep_index and not isinstance(args[i], float))

@@ -107,11 +107,13 @@ class TaylorForecaster(Forecaster):
             self._pop(index[same])
             old_times, count = self._history(index, whole)
         new = [list(value)]
-        for k in range(1, self.terms):
-            valid = torch.tensor([c >= k for c in count])
-            gap = torch.tensor([t - hist[k - 1] if c >= k else 1.0
-                                for t, hist, c in zip(new_times, old_times, count)], dtype=torch.float64)
-            scales = {}
+        # column k - 1: term k's per-sample 1 / (t - t_{k-1}), 0 beyond a sample's history
+        terms = range(1, self.terms)
+        valid = torch.tensor([[c >= k for k in terms] for c in count])
+        gap = torch.tensor([[t - hist[k - 1] if c >= k else 1.0 for k in terms]
+                            for t, hist, c in zip(new_times, old_times, count)], dtype=torch.float64)
+        scales = {}
+        for k in terms:
             row = []
             for s, e_prev in enumerate(new[k - 1]):
                 # a stored row in a narrower dtype is upcast by type promotion (no copy)
@@ -119,7 +121,7 @@ class TaylorForecaster(Forecaster):
                 scale = scales.get(e_prev.dtype)
                 if scale is None:
                     scale = scales[e_prev.dtype] = valid.to(e_prev.dtype) / gap.to(e_prev.dtype)
-                row.append((e_prev - d_prev) * _per_sample(scale, e_prev).to(e_prev.device))
+                row.append((e_prev - d_prev) * _per_sample(scale[:, k - 1], e_prev).to(e_prev.device))
             new.append(row)
         for k in range(self.terms):   # after every term is computed: the old rows are read above
             for s in range(len(value)):

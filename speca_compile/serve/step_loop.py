@@ -140,8 +140,12 @@ def advance_jobs(jobs: List[Job], output: torch.Tensor) -> None:
     if jobs[0].kind == "ddim":
         abar = sampling.alphas_cumprod()
         a_t = _per_row(abar[[t for t, _ in steps]].to(x.dtype), x)
-        a_prev = _per_row(torch.stack([abar[n] if n is not None else torch.tensor(1.0, dtype=torch.float64)
-                                       for _, n in steps]).to(x.dtype), x)
+        # the last step's "previous" alpha is 1 (x0 itself): one gather, then those rows set
+        a_prev = abar[[n if n is not None else 0 for _, n in steps]]
+        last = [k for k, (_, n) in enumerate(steps) if n is None]
+        if last:
+            a_prev[last] = 1.0
+        a_prev = _per_row(a_prev.to(x.dtype), x)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     else:
