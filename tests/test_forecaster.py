@@ -63,6 +63,31 @@ def test_per_sample_updates_are_independent():
     assert torch.equal(f.predict(torch.tensor([1]), q)[0], alone.predict(torch.tensor([0]), q)[0])
 
 
+@pytest.mark.parametrize("kind", ["taylor", "hermite"])
+def test_weights_shared_by_rows_with_one_history_are_each_rows_own(kind):
+    """Weights are computed once per distinct (timestep, history, count): rows that share one
+    get it, rows that differ in any of the three get their own, as if computed one by one."""
+    from speca_compile.runtime.forecaster import make_forecaster
+
+    f = make_forecaster(kind, 2, 4)
+    value = lambda n: (torch.randn(n, 3, dtype=torch.float64),)
+    f.update(torch.arange(4), torch.tensor([1.0, 1.0, 1.0, 0.95], dtype=torch.float64), value(4))
+    f.update(torch.tensor([0, 1, 3]), torch.tensor([0.8, 0.8, 0.8], dtype=torch.float64), value(3))
+    f.update(torch.tensor([0, 1]), torch.tensor([0.6, 0.6], dtype=torch.float64), value(2))
+    # rows 0 and 1 share everything; row 2 has one cached step; row 3 another first step
+    query = torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+    rows = f.weight_rows(torch.arange(4), query)
+    assert rows[0] == rows[1]
+    hists, counts = f.times.tolist(), f.count.tolist()
+    assert counts == [3, 3, 1, 2]
+    for r in range(4):
+        assert rows[r] == f.sample_weights(0.5, hists[r], counts[r])
+    assert len({tuple(r) for r in rows}) == 3
+    # a different query time for one row: its own weights
+    other = f.weight_rows(torch.arange(2), torch.tensor([0.5, 0.4], dtype=torch.float64))
+    assert other[0] == rows[0] and other[1] != rows[1]
+
+
 @pytest.mark.parametrize("kind", ["taylor", "hermite", "foca"])
 def test_a_full_step_at_a_cached_timestep_replaces_it(kind):
     """Heun-type samplers evaluate one timestep twice (corrector, then next step): the later
