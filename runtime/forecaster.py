@@ -88,18 +88,18 @@ class TaylorForecaster(Forecaster):
         """Add a full-step feature for samples ``index`` at ``times`` (one per sample).
 
         The per-sample bookkeeping (timesteps, counts, gaps) is a handful of numbers per
-        sample: it is read to Python once and written back once, and each term's scale is one
-        small tensor, so a served request's update (two rows) costs a few tensor ops per
-        stream, not a few per sample and term.  The arithmetic on the rows is unchanged."""
+        sample: it is read to Python once and written back once, and every term's scale is
+        one small tensor (a column each), so a served request's update (two rows) costs a few
+        tensor ops per stream, not a few per sample and term.  The arithmetic on the rows is
+        unchanged."""
         value = tuple(v.detach() for v in value)
         if self.diffs is None:
             self.dtypes = [v.dtype for v in value]
             self.diffs = [[torch.zeros((self.batch_size,) + tuple(v.shape[1:]), dtype=self.storage_dtype(v),
                                        device=v.device) for v in value] for _ in range(self.terms)]
-        samples = index.tolist()
         # every sample of the trajectory (a served request's rows, a batch's full step): the
         # stored rows are read and written whole, without a gather and a scatter per term
-        whole = samples == list(range(self.batch_size))
+        whole = self._whole(index)
         new_times = times.to(torch.float64).tolist()
         old_times, count = self._history(index, whole)
         same = [j for j, (t, hist, c) in enumerate(zip(new_times, old_times, count)) if c > 0 and hist[0] == t]
@@ -137,6 +137,10 @@ class TaylorForecaster(Forecaster):
         else:
             self.times[index] = shifted
             self.count[index] = counted
+
+    def _whole(self, index: torch.Tensor) -> bool:
+        """True when ``index`` is every sample, in order (rows read and written without a gather)."""
+        return index.tolist() == list(range(self.batch_size))
 
     def _history(self, index: torch.Tensor, whole: bool) -> Tuple[List[List[float]], List[int]]:
         """Samples ``index``'s cached timesteps (newest first) and counts, as Python numbers."""
@@ -211,7 +215,7 @@ class TaylorForecaster(Forecaster):
         Separate so that a batch whose rows belong to many trajectories (a served batch: one
         per request) gathers every trajectory's terms and combines them in one pass instead of
         one small pass per trajectory."""
-        whole = index.tolist() == list(range(self.batch_size))
+        whole = self._whole(index)
         history = self._history(index, whole)
         if self.diffs is None or min(history[1], default=1) == 0:
             raise RuntimeError("forecast requested for a sample with no cached full step")
