@@ -134,6 +134,10 @@ class FeatureCache:
         """The bytes the cached rows take, in their storage dtype."""
         return sum(f.nbytes() for f in self.forecasters.values())
 
+    def release(self) -> None:
+        """The trajectory is finished (the router drops the cache); a pooled cache gives its
+        slots back (``runtime/feature_pool``), this one is freed with its last reference."""
+
 
 def add_base(feature: Feature, base: Feature) -> Feature:
     """The target state from a forecast feature: ``base + feature`` where the feature is a

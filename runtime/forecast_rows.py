@@ -3,6 +3,9 @@
 A call's rows may belong to many trajectories (a served batch: one per
 request), so a forecast gathers every trajectory's weights and cached rows
 and combines them in one pass, instead of one small pass per trajectory.
+Where the trajectories keep their rows in one pool (``runtime/feature_pool``:
+calls that name their rows), that gather is one read of the pool in call
+order.
 ``forecast`` returns the forecast state (the runner's segment-by-segment
 path); ``forecast_terms`` returns the weights and rows themselves, in the
 view's row order, for a fused step that does the arithmetic inside its graph
@@ -21,6 +24,7 @@ import torch
 
 from speca_compile.runtime.batch_view import BatchView, take_rows
 from speca_compile.runtime.feature_cache import add_base
+from speca_compile.runtime.feature_pool import pooled_rows
 from speca_compile.runtime.forecaster import NotLinear, combine_terms, weight_tensor
 
 
@@ -51,9 +55,20 @@ def forecast(owner: Dict, group: str, view: BatchView, base):
     row (inputs not sliceable), the other rows are zeros (a sample restarted this step has no
     cache to forecast from); they are computed through and discarded, and no op of a DiT
     mixes rows."""
-    positions = range(len(view.rows)) if view.sliced else view.rows.tolist()
-    parts = by_part(owner, view.rows.tolist(), positions)
+    rows = view.rows.tolist()
     size = len(view.work)
+    pooled = pooled_rows(owner, rows)
+    if pooled is not None:   # one gather from the shared pool, the rows in call order
+        pool, slots, times = pooled
+        weights, terms = pool.linear_terms(group, slots, times)
+        feature = combine_terms(weight_tensor(weights, len(terms)), terms)
+        if not view.sliced and rows != list(range(size)):
+            at = view.rows
+            feature = tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f)
+                            for f in feature)
+        return add_base(feature, base)
+    positions = range(len(rows)) if view.sliced else rows
+    parts = by_part(owner, rows, positions)
     if len(parts) == 1 and torch.equal(parts[0][1], torch.arange(size)):
         part, _, samples = parts[0]    # one trajectory computes every row: no gather or scatter
         return part.traj.cache.predict(group, samples, part.scaled[samples], base)
@@ -73,6 +88,11 @@ def forecast_terms(owner: Dict, group: str, rows: Sequence[int]):
     terms]`` float64 tensor and ``terms[k][stream]`` with one row per call row, in the order
     of ``rows``; the forecast is ``sum_k weights[:, k] * terms[k]`` plus the base.  Raises
     ``NotLinear`` for a forecaster that is not a weighted sum."""
+    pooled = pooled_rows(owner, [int(r) for r in rows])
+    if pooled is not None:   # one gather from the shared pool, already in the order of rows
+        pool, slots, times = pooled
+        weights, terms = pool.linear_terms(group, slots, times)
+        return weight_tensor(weights, len(terms)), terms
     parts = by_part(owner, rows, range(len(rows)))
     weights, terms, at = _gathered_terms(parts, group)
     if not torch.equal(at, torch.arange(len(rows))):
@@ -85,7 +105,8 @@ def forecast_terms(owner: Dict, group: str, rows: Sequence[int]):
 
 def _gathered_terms(parts, group: str):
     """Every part's weights and cached rows, concatenated in part order, and the positions
-    they belong at."""
+    they belong at (rows of one pool are read at once instead: ``pooled_rows``)."""
+    at = torch.cat([at for _, at, _ in parts])
     terms = [part.traj.cache.linear_terms(group, samples, part.scaled[samples]) for part, _, samples in parts]
     weights = weight_tensor([w for ws, _ in terms for w in ws], len(terms[0][1]))
     if len(terms) == 1:
@@ -93,7 +114,7 @@ def _gathered_terms(parts, group: str):
     else:
         rows = [[torch.cat([r[k][s] for _, r in terms]) for s in range(len(terms[0][1][0]))]
                 for k in range(len(terms[0][1]))]
-    return weights, rows, torch.cat([at for _, at, _ in parts])
+    return weights, rows, at
 
 
 def _forecast_each(parts, group: str, size: int, base):

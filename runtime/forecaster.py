@@ -166,6 +166,25 @@ class TaylorForecaster(Forecaster):
         self.count[index] = 0
         self.times[index] = 0.0
 
+    def grow(self, extra: int) -> None:
+        """``extra`` more samples, empty (a pooled store's new slots: ``runtime/feature_pool``).
+        The stored rows are copied once into larger tensors; what a caller read before stays
+        valid (it holds the old tensors)."""
+        self.batch_size += extra
+        self.times = torch.cat([self.times, self.times.new_zeros(extra, self.terms)])
+        self.count = torch.cat([self.count, self.count.new_zeros(extra)])
+        if self.diffs is not None:
+            self.diffs = [[torch.cat([d, d.new_zeros((extra,) + tuple(d.shape[1:]))]) for d in per_k]
+                          for per_k in self.diffs]
+
+    def clear(self, index: torch.Tensor) -> None:
+        """``forget`` samples ``index`` and zero their rows: a slot handed to another
+        trajectory must not keep a value (a non-finite one would survive a zero weight)."""
+        self.forget(index)
+        for per_k in self.diffs or ():
+            for d in per_k:
+                d[index] = 0
+
     def weight_rows(self, index: torch.Tensor, times: torch.Tensor,
                     history: Optional[Tuple[List[List[float]], List[int]]] = None) -> List[List[float]]:
         """One list of ``terms`` floats per sample (``sample_weights``), zero beyond a sample's

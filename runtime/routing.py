@@ -166,6 +166,8 @@ class Router:
         state.active.remove(traj)
         self.finished.append(traj)
         del self.finished[:-MAX_FINISHED]
+        if traj.cache is not None:
+            traj.cache.release()   # a pooled cache's slots go back to its pool
         traj.cache = None          # free the cached features; the log stays
         traj.last_latent, traj.last_condition = None, ()
 

@@ -42,6 +42,7 @@ from speca_compile.runtime.calibration import Calibration
 from speca_compile.runtime.call_inputs import CallInputs
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.feature_cache import cache_cuts, feature_groups
+from speca_compile.runtime.feature_pool import POOLED_FORECASTERS, FeaturePools, pooled_rows
 from speca_compile.runtime.forecast_rows import by_part, forecast as forecast_view, take
 from speca_compile.runtime.fused_step import FusedSteps, lower_step, why_not_fused
 from speca_compile.runtime.token_check import checked_tokens, with_real_tokens
@@ -81,6 +82,11 @@ class Runner:
         self.verify_unit = (options.verify_block % self.num_units) if self.num_units else None
         self.groups = feature_groups(self.verify_unit, self.num_units) if reason is None else ()
         self.cache_cuts = cache_cuts(self.groups)   # the cuts a full step hands the cache
+        # the caches of trajectories whose calls name their rows (a served batch: one small
+        # trajectory per request) share one store per feature layout (runtime/feature_pool.py)
+        self.pools = (FeaturePools(self.groups, options.forecaster, options.order, options.hermite_sigma,
+                                   options.cache_dtype)
+                      if self.groups and options.forecaster in POOLED_FORECASTERS else None)
         self._leaves = _leaves(program.output)
         # names a view cuts to its rows when the engines computed every row
         self._row_names = sorted({n for c in self.cache_cuts for n in program.cuts[c]} | set(self._leaves))
@@ -131,8 +137,9 @@ class Runner:
         if owners is not None and len(owners) != batch:
             raise SpecaError(f"speca_compile.rows names {len(owners)} generation(s) for a call of batch "
                              f"{batch}: name one per row")
+        pools = self.pools if owners is not None else None
         owners = owners or (generations.current(self.options.generation_key),) * batch
-        parts = self._route(args, times, owners)
+        parts = self._route(args, times, owners, pools)
         with contextlib.ExitStack() as held:   # every trajectory of the call, in one order (no deadlock)
             for part in sorted(parts, key=lambda p: p.traj.number):
                 held.enter_context(part.traj.lock)
@@ -144,9 +151,10 @@ class Runner:
                 return self._structure(env)
             return self._step(args, parts, batch)
 
-    def _route(self, args, times: List[float], owners: Sequence) -> List["Part"]:
+    def _route(self, args, times: List[float], owners: Sequence, pools: Optional[FeaturePools]) -> List["Part"]:
         """The call's rows grouped by generation (in order of first row), each group routed to
-        the trajectory it continues (``routing``)."""
+        the trajectory it continues (``routing``); a new trajectory keeps its features in
+        ``pools`` where given (the call named its rows), else in a cache of its own."""
         batch = len(times)
         by_generation: Dict[int, Tuple[object, List[int]]] = {}
         for row, owner in enumerate(owners):
@@ -169,7 +177,8 @@ class Runner:
                     condition if whole else tuple(take_rows(c, index) if c.shape[:1] == (batch,) else c
                                                   for c in condition),
                     lambda n, size=size, t0=t0, owner=owner: Trajectory(
-                        n, signature, size, t0, self.options, self.groups, owner.overrides))
+                        n, signature, size, t0, self.options, self.groups, owner.overrides,
+                        pools.cache(size) if pools is not None else None))
                 parts.append(Part(traj, rows, torch.tensor([times[r] for r in rows], dtype=torch.float64)))
         return parts
 
@@ -372,9 +381,16 @@ class Runner:
         cache: its rows are skipped (a served full-compute request paid ~1.5 ms per tick of
         cache updates nothing read)."""
         cuts = {c: tuple(env[n] for n in self.program.cuts[c]) for c in self.cache_cuts}
-        for part, positions, samples in by_part(owner, rows, range(len(rows))):
-            if part.traj.overrides.get("speculate") is False:
-                continue
+        kept = [j for j, row in enumerate(rows) if owner[row][0].traj.overrides.get("speculate") is not False]
+        pooled = pooled_rows(owner, [rows[j] for j in kept], cuts) if kept else None
+        if pooled is not None:   # the rows' trajectories share one pool: one update of them all
+            pool, slots, times = pooled
+            at = torch.tensor(kept, dtype=torch.long)
+            pool.update(slots, times, {c: tuple(take(v, at) for v in values) for c, values in cuts.items()})
+            for part in {id(owner[rows[j]][0]): owner[rows[j]][0] for j in kept}.values():
+                part.traj.cache.pairings = dict(pool.cache.pairings)
+            return
+        for part, positions, samples in by_part(owner, [rows[j] for j in kept], kept):
             part.traj.cache.update(samples, part.scaled[samples],
                                    {c: tuple(take(v, positions) for v in values) for c, values in cuts.items()})
 

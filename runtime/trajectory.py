@@ -30,7 +30,8 @@ class Trajectory:
     """Policy, feature cache and step log of one denoising run."""
 
     def __init__(self, number: int, signature: Tuple, batch_size: int, t_first: float,
-                 options: Options, groups: Tuple[FeatureGroup, ...], overrides: Optional[Dict] = None):
+                 options: Options, groups: Tuple[FeatureGroup, ...], overrides: Optional[Dict] = None,
+                 cache=None):
         self.number = number
         # the generation's own settings (one request's tau0, speculate), checked by generation.py
         self.overrides = dict(overrides or {})
@@ -42,8 +43,9 @@ class Trajectory:
         self.t_scale = abs(t_first) if t_first != 0 else 1.0
         self.last_t: Optional[float] = None
         self.policy = make_policy(options, batch_size)
-        self.cache = FeatureCache(groups, options.forecaster, options.order, batch_size,
-                                  options.hermite_sigma, options.cache_dtype)
+        # its own cache, or ``cache``: slots of the runner's pool (runtime/feature_pool.py)
+        self.cache = cache if cache is not None else FeatureCache(
+            groups, options.forecaster, options.order, batch_size, options.hermite_sigma, options.cache_dtype)
         self.cache_dtype = self.cache.dtype   # kept for stats after the router frees the cache
         self.steps: List[StepRecord] = []
         self.peak_cache_bytes = 0

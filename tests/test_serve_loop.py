@@ -92,6 +92,24 @@ def test_replaying_an_arrival_sequence_is_bit_identical(runs):
                {k: b.stats[k] for k in ("full", "speculative", "rejected")}
 
 
+def test_the_pooled_feature_store_gives_what_caches_of_their_own_give(served, runs, reference_bundles):
+    """Served requests keep their features in one pool per layout (runtime/feature_pool.py);
+    the same arrivals with a cache per request give bit-identical latents and decisions, and
+    the pool reused the slots of finished requests (6 requests alone, then 6 mixed twice: 36
+    rows in all, at most 12 at once)."""
+    name, model, loop, bodies = served
+    pools = model.runner.pools
+    assert len(pools._pools) == 1
+    assert next(iter(pools._pools.values())).capacity <= 16
+    own = speca_compile.load(reference_bundles.get(name)[1])
+    own.runner.pools = None
+    separate = _drive(StepLoop(own, loop.spec, max_batch=8), bodies, JOINS)
+    for a, b in zip(runs["mixed"], separate):
+        assert torch.equal(a.latent, b.latent)
+        assert {k: a.stats[k] for k in ("full", "speculative", "rejected")} == \
+               {k: b.stats[k] for k in ("full", "speculative", "rejected")}
+
+
 def test_speculation_against_full_compute_of_the_same_seed(served, runs):
     name = served[0]
     full, spec = runs["full"], runs["mixed"]
