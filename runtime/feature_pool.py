@@ -128,12 +128,15 @@ class PooledCache:
     def __init__(self, pools: FeaturePools, size: int):
         self.pools = pools
         self.size = size
-        self.groups = {g.name: g for g in pools.groups}
         self.dtype = CACHE_DTYPES[pools.settings[3]]   # the storage dtype (stats)
         self.pool: Optional[FeaturePool] = None
         self.slots: Optional[torch.Tensor] = None
         self.slot_list: List[int] = []   # the same, as Python ints (a call's rows map to slots in Python)
-        self.pairings: Dict[str, Optional[Tuple[int, ...]]] = {}
+
+    @property
+    def pairings(self) -> Dict[str, Optional[Tuple[int, ...]]]:
+        """``FeatureCache.pairings``: the pool's (its layout, the streams' shapes, decides it)."""
+        return self.pool.cache.pairings if self.pool is not None else {}
 
     def bind(self, cuts: Dict[int, Feature]) -> FeaturePool:
         """The pool of ``cuts``' layout, taking this trajectory's slots there at the first call."""
@@ -144,9 +147,7 @@ class PooledCache:
         return self.pool
 
     def update(self, index: torch.Tensor, times: torch.Tensor, cuts: Dict[int, Feature]) -> None:
-        pool = self.bind(cuts)
-        pool.update(self.slots[index], times, cuts)
-        self.pairings = dict(pool.cache.pairings)
+        self.bind(cuts).update(self.slots[index], times, cuts)
 
     def forget(self, index: torch.Tensor) -> None:
         if self.pool is not None:

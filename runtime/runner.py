@@ -387,8 +387,6 @@ class Runner:
             pool, slots, times = pooled
             at = torch.tensor(kept, dtype=torch.long)
             pool.update(slots, times, {c: tuple(take(v, at) for v in values) for c, values in cuts.items()})
-            for part in {id(owner[rows[j]][0]): owner[rows[j]][0] for j in kept}.values():
-                part.traj.cache.pairings = dict(pool.cache.pairings)
             return
         for part, positions, samples in by_part(owner, [rows[j] for j in kept], kept):
             part.traj.cache.update(samples, part.scaled[samples],
