@@ -57,15 +57,11 @@ def forecast(owner: Dict, group: str, view: BatchView, base):
     mixes rows."""
     rows = view.rows.tolist()
     size = len(view.work)
-    pooled = pooled_rows(owner, rows)
-    if pooled is not None:   # one gather from the shared pool, the rows in call order
-        pool, slots, times = pooled
-        weights, terms = pool.linear_terms(group, slots, times)
-        feature = combine_terms(weight_tensor(weights, len(terms)), terms)
+    pooled = _pooled_terms(owner, group, rows)
+    if pooled is not None:   # the rows came back in call order
+        feature = combine_terms(*pooled)
         if not view.sliced and rows != list(range(size)):
-            at = view.rows
-            feature = tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f)
-                            for f in feature)
+            feature = _scatter(feature, view.rows, size)
         return add_base(feature, base)
     positions = range(len(rows)) if view.sliced else rows
     parts = by_part(owner, rows, positions)
@@ -78,9 +74,24 @@ def forecast(owner: Dict, group: str, view: BatchView, base):
         return _forecast_each(parts, group, size, base)
     feature = combine_terms(weights, rows)
     if len(at) != size or not torch.equal(at, torch.arange(size)):
-        feature = tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f)
-                        for f in feature)
+        feature = _scatter(feature, at, size)
     return add_base(feature, base)
+
+
+def _scatter(feature, at: torch.Tensor, size: int):
+    """``feature``'s rows placed at rows ``at`` of ``size`` rows, zeros elsewhere."""
+    return tuple(f.new_zeros((size,) + tuple(f.shape[1:])).index_copy_(0, at.to(f.device), f) for f in feature)
+
+
+def _pooled_terms(owner: Dict, group: str, rows: Sequence[int]):
+    """``(weights, terms)`` of call rows ``rows`` read from their shared pool in one gather,
+    in the order of ``rows`` (``feature_pool.pooled_rows``); None where they have no one pool."""
+    pooled = pooled_rows(owner, rows)
+    if pooled is None:
+        return None
+    pool, slots, times = pooled
+    weights, terms = pool.linear_terms(group, slots, times)
+    return weight_tensor(weights, len(terms)), terms
 
 
 def forecast_terms(owner: Dict, group: str, rows: Sequence[int]):
@@ -88,11 +99,9 @@ def forecast_terms(owner: Dict, group: str, rows: Sequence[int]):
     terms]`` float64 tensor and ``terms[k][stream]`` with one row per call row, in the order
     of ``rows``; the forecast is ``sum_k weights[:, k] * terms[k]`` plus the base.  Raises
     ``NotLinear`` for a forecaster that is not a weighted sum."""
-    pooled = pooled_rows(owner, [int(r) for r in rows])
-    if pooled is not None:   # one gather from the shared pool, already in the order of rows
-        pool, slots, times = pooled
-        weights, terms = pool.linear_terms(group, slots, times)
-        return weight_tensor(weights, len(terms)), terms
+    pooled = _pooled_terms(owner, group, [int(r) for r in rows])
+    if pooled is not None:   # already in the order of rows
+        return pooled
     parts = by_part(owner, rows, range(len(rows)))
     weights, terms, at = _gathered_terms(parts, group)
     if not torch.equal(at, torch.arange(len(rows))):
