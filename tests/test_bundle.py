@@ -13,6 +13,7 @@ import speca_compile
 from speca_compile.bundle import export as export_mod
 from speca_compile.bundle import manifest as mf
 from speca_compile.errors import BundleError
+from speca_compile.runtime.onnxruntime_engine import SPIN_DURING_RUN
 from tests import helpers
 from tests.helpers import build, noise_for
 from tests.reference_dit import OriginalDiT, PolyDiT
@@ -157,6 +158,14 @@ def test_wrong_inputs_are_named(exported):
     with pytest.raises(BundleError, match="positional input"):
         model(x, t, t, t, t, t, t, **fixed)
     assert model(x, timestep=t, **fixed)[0].shape[0] == x.shape[0]
+
+
+def test_every_session_spins_during_its_runs_only(exported):
+    """make_session's threading (measured in its docstring), for a loaded bundle's sessions too."""
+    _, path, _, _ = exported
+    for engine in speca_compile.load(path).runner.engines.values():
+        options = engine.session.get_session_options()
+        assert {k: options.get_session_config_entry(k) for k in SPIN_DURING_RUN} == SPIN_DURING_RUN
 
 
 def test_interrupted_export_leaves_the_target_untouched(exported, tmp_path, monkeypatch):
