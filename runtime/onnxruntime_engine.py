@@ -246,14 +246,15 @@ def make_session(path, on_gpu: bool, what: str):
 
     Its intra-op pool has torch's thread count, and its workers spin between the parallel
     ops of a run but stop the moment the run returns (``SPIN_DURING_RUN``).  Both halves
-    are measured (2 cores, one process, interleaved trajectories of 25 images, 50 steps):
-    pools that sleep between ops pay a wake-up per op, and a block stack runs hundreds
-    (flux_digits full path 2.86 s, spinning and stopping 2.29 s; dit_digits 2.50 -> 2.18 s);
-    pools that keep spinning after the run, ONNX Runtime's default, hold a core while the
-    next session or the runtime's torch ops (forecast, merge) need it: with only the block
-    stack spinning that way a speculative trajectory got slower (flux_digits 0.71 -> 0.75 s,
-    dit_digits 0.86 -> 1.00 s), where spinning and stopping made it faster (0.71 -> 0.61 s,
-    0.89 -> 0.81 s)."""
+    are measured (``examples/ort_threads_ab.py``: 2 cores, one process, interleaved
+    trajectories of 25 images, 50 steps).  Pools that sleep between ops pay a wake-up per
+    op, and a block stack runs hundreds: full path flux_digits 2.93 -> 2.22 s, dit_digits
+    2.64 -> 2.12 s; speculating (tau0 0.3 / 0.4) 0.73 -> 0.63 s and 0.87 -> 0.78 s.  Pools
+    that keep spinning after the run (ONNX Runtime's default) hold a core while the next
+    session or the runtime's torch ops (forecast, merge) need it: every session's pool
+    spinning made a speculative flux_digits trajectory 2.7x slower than sleeping pools
+    (0.71 -> 1.91 s, ``--variants sleep,spin``).
+    """
     ort = import_onnxruntime()
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

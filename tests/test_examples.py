@@ -81,3 +81,17 @@ def test_fused_step_ab_prints_its_table():
     assert [line.split("|")[1].strip() for line in table] == [
         "speca inductor fused", "speca inductor segments", "speca onnxruntime"]
     assert "'programs'" in table[0] and "fuse_steps=False" in table[1]
+
+
+def test_ort_threads_ab_compares_the_waits_on_identical_numbers(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "ort_threads_ab.py"), "dit_digits",
+                           "--images", "2", "--steps", "6", "--rounds", "1", "--tau0", "0.4",
+                           "--variants", "sleep,spin,during run", "--cache", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| threads")}
+    assert list(rows) == ["eager", "sleep", "spin", "during run"]
+    # how threads wait changes no number: every variant equals the first
+    assert all(float(rows[v]) < 1e-6 for v in ["sleep", "spin", "during run"])
+    assert len(list((tmp_path / "spin").glob("*.onnx"))) == len(list((tmp_path / "sleep").glob("*.onnx")))
