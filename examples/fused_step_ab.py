@@ -21,20 +21,12 @@ import time
 import torch
 
 import speca_compile
-from speca_compile import sampling
 from speca_compile.bench.allocator import pin_malloc_thresholds
 from speca_compile.reference import store
 
 ROWS = [("inductor fused", {"lowering": "inductor", "fuse_steps": True}),
         ("inductor segments", {"lowering": "inductor", "fuse_steps": False}),
         ("onnxruntime", {"lowering": "onnxruntime"})]
-
-
-def sample(z, model, images: int, steps: int) -> torch.Tensor:
-    noise = torch.randn(z.latent_shape(images), generator=torch.Generator().manual_seed(0))
-    extra = z.make_inputs(images, 1)
-    with torch.no_grad():
-        return sampling.denoise(lambda x, t: z.call(model, x, t, extra), noise, steps, z.kind)
 
 
 def main() -> None:
@@ -53,12 +45,12 @@ def main() -> None:
     outputs, times = {}, {label: [] for label in models}
     for label, model in models.items():   # compile, build and check each, untimed
         start = time.perf_counter()
-        outputs[label] = sample(z, model, args.images, args.steps)
+        outputs[label] = z.trajectory(model, args.images, args.steps)
         print(f"{label}: first run {time.perf_counter() - start:.1f} s", flush=True)
     for _ in range(args.rounds):
         for label, model in models.items():
             start = time.perf_counter()
-            sample(z, model, args.images, args.steps)
+            z.trajectory(model, args.images, args.steps)
             times[label].append(time.perf_counter() - start)
     median = {label: statistics.median(t) for label, t in times.items()}
     print(f"\n{args.model}, {args.images} images x {args.steps} steps, median of {args.rounds} interleaved rounds")

@@ -27,7 +27,6 @@ import time
 
 import torch
 
-from speca_compile import sampling
 from speca_compile.bench.allocator import pin_malloc_thresholds
 from speca_compile.reference import store
 from speca_compile.runtime import onnxruntime_engine
@@ -37,13 +36,6 @@ VARIANTS = {
     "spin": {"session.intra_op.allow_spinning": "1"},    # ONNX Runtime's default
     "during run": dict(onnxruntime_engine.SPIN_DURING_RUN),
 }
-
-
-def trajectory(z, model, images: int, steps: int) -> torch.Tensor:
-    noise = torch.randn(z.latent_shape(images), generator=torch.Generator().manual_seed(0))
-    extra = z.make_inputs(images, 1)
-    with torch.no_grad():
-        return sampling.denoise(lambda x, t: z.call(model, x, t, extra), noise, steps, z.kind)
 
 
 def main() -> None:
@@ -79,14 +71,14 @@ def main() -> None:
                 onnxruntime_engine.SPIN_DURING_RUN = variants[label]
                 if label != first:   # the first variant's files: export once
                     shutil.copytree(folders[first], folders[label], dirs_exist_ok=True)
-            outputs[label] = trajectory(z, model, args.images, args.steps)
+            outputs[label] = z.trajectory(model, args.images, args.steps)
     finally:
         onnxruntime_engine.SPIN_DURING_RUN = VARIANTS["during run"]
     times = {label: [] for label in models}
     for _ in range(args.rounds):
         for label, model in models.items():
             start = time.perf_counter()
-            trajectory(z, model, args.images, args.steps)
+            z.trajectory(model, args.images, args.steps)
             times[label].append(time.perf_counter() - start)
     median = {label: statistics.median(t) for label, t in times.items()}
     print(f"{args.model}, {args.images} images x {args.steps} steps, tau0 {args.tau0}, "

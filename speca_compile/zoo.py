@@ -26,6 +26,17 @@ class ZooModel:
     latent_shape: Callable[[int], tuple]      # batch -> latent shape
     call: Callable                  # (model, latents, t, extra) -> prediction tensor
 
+    def trajectory(self, model, images: int, steps: int, seed: int = 0, inputs_seed: int = 1) -> torch.Tensor:
+        """One generation of ``images`` images through ``model`` (this model or a compiled one):
+        noise from ``seed``, conditioning ``make_inputs(images, inputs_seed)``, ``steps`` steps of
+        this model's sampler, without gradients.  The run the timing examples repeat."""
+        from speca_compile import sampling   # sampling imports the package lazily; keep zoo a leaf
+
+        noise = torch.randn(self.latent_shape(images), generator=torch.Generator().manual_seed(seed))
+        extra = self.make_inputs(images, inputs_seed)
+        with torch.no_grad():
+            return sampling.denoise(lambda x, t: self.call(model, x, t, extra), noise, steps, self.kind)
+
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out.sample
