@@ -15,13 +15,14 @@ traced as one size by Dynamo, and steps then run segment by segment.)
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
 
 import torch
 
 import speca_compile
 from speca_compile.bench.allocator import pin_malloc_thresholds
+from speca_compile.bench.timing import interleaved_medians
 from speca_compile.reference import store
 
 ROWS = [("inductor fused", {"lowering": "inductor", "fuse_steps": True}),
@@ -42,17 +43,14 @@ def main() -> None:
     models = {"eager": z.model}
     for label, options in ROWS:
         models[label] = torch.compile(z.model, backend="speca", dynamic=True, options={"tau0": 0.2, **options})
-    outputs, times = {}, {label: [] for label in models}
+    outputs = {}
     for label, model in models.items():   # compile, build and check each, untimed
         start = time.perf_counter()
         outputs[label] = z.trajectory(model, args.images, args.steps)
         print(f"{label}: first run {time.perf_counter() - start:.1f} s", flush=True)
-    for _ in range(args.rounds):
-        for label, model in models.items():
-            start = time.perf_counter()
-            z.trajectory(model, args.images, args.steps)
-            times[label].append(time.perf_counter() - start)
-    median = {label: statistics.median(t) for label, t in times.items()}
+    median = interleaved_medians(
+        {label: functools.partial(z.trajectory, model, args.images, args.steps) for label, model in models.items()},
+        args.rounds)
     print(f"\n{args.model}, {args.images} images x {args.steps} steps, median of {args.rounds} interleaved rounds")
     print("| row | s | speedup vs eager | full sample-steps | rel L2 vs eager | fused steps |")
     print("|---|---|---|---|---|---|")

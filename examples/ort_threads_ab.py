@@ -20,14 +20,14 @@ is only comparable in a run of its own against ``sleep``.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
-import statistics
 import tempfile
-import time
 
 import torch
 
 from speca_compile.bench.allocator import pin_malloc_thresholds
+from speca_compile.bench.timing import interleaved_medians
 from speca_compile.reference import store
 from speca_compile.runtime import onnxruntime_engine
 
@@ -74,13 +74,9 @@ def main() -> None:
             outputs[label] = z.trajectory(model, args.images, args.steps)
     finally:
         onnxruntime_engine.SPIN_DURING_RUN = VARIANTS["during run"]
-    times = {label: [] for label in models}
-    for _ in range(args.rounds):
-        for label, model in models.items():
-            start = time.perf_counter()
-            z.trajectory(model, args.images, args.steps)
-            times[label].append(time.perf_counter() - start)
-    median = {label: statistics.median(t) for label, t in times.items()}
+    median = interleaved_medians(
+        {label: functools.partial(z.trajectory, model, args.images, args.steps) for label, model in models.items()},
+        args.rounds)
     print(f"{args.model}, {args.images} images x {args.steps} steps, tau0 {args.tau0}, "
           f"median of {args.rounds} interleaved rounds")
     print(f"| threads wait | s | speedup vs eager | rel L2 vs `{first}` |")
