@@ -24,12 +24,13 @@ import torch
 
 from speca_compile.errors import LoweringError
 from speca_compile.passes.partition import Segment
+from speca_compile.runtime.onnx_cpu_rewrites import rewrite_file
 from speca_compile.runtime.onnx_files import save_program, to_fp16
 from speca_compile.runtime.segment_io import SegmentIO
 
 
 # Part of every engine-cache key: bump it when the export changes what it writes.
-EXPORT_VERSION = "2"   # 2: the ONNX rewrites of prepare_for_export (issue 16)
+EXPORT_VERSION = "3"   # 2: the ONNX rewrites of prepare_for_export (issue 16); 3: onnx_cpu_rewrites
 
 # One export at a time in a process.  torch.onnx.export is not thread-safe: it sets module
 # globals for its duration (torch.onnx's ``_is_onnx_exporting`` flag, which the first export
@@ -395,9 +396,11 @@ def input_names(io_spec: SegmentIO) -> List[str]:
 
 
 def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path: Path,
-                   precision: str = "fp32") -> None:
+                   precision: str = "fp32", target: str = "cpu") -> None:
     """Write ``segment`` as a self-contained ONNX file at ``path``; ``precision="fp16"``
-    computes in half precision inside the graph (see ``to_fp16``)."""
+    computes in half precision inside the graph (see ``to_fp16``).  ``target``: the device
+    the file is for (``onnx_cpu_rewrites.rewrite_target``); a float32 file for the CPU gets
+    the CPU rewrites (``onnx_cpu_rewrites``)."""
     values = [v.detach().cpu() if isinstance(v, torch.Tensor) else v for v in values]
     check_dtypes(segment, io_spec, values)
     module = TensorOnlySegment(segment, io_spec, values).eval()
@@ -411,6 +414,8 @@ def export_segment(segment: Segment, io_spec: SegmentIO, values: Sequence, path:
                                         input_names=input_names(io_spec), verbose=False,
                                         optimize=True)
             save_program(program, path)
+        if precision == "fp32" and target == "cpu":
+            rewrite_file(path)
         if precision == "fp16":
             to_fp16(path)
     except Exception as exc:  # the exporter raises many types; name the segment and the op

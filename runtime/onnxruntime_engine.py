@@ -40,6 +40,7 @@ from speca_compile.runtime.engine_cache import EngineCache, cache_key
 from speca_compile.runtime.engine_check import (CheckFailed, Verdict, bound_for, read_verdict, verdict_key,
                                                 write_verdict)
 from speca_compile.runtime.engine_reuse import agrees_with_eager, candidate, family_key, is_shape_general, remember
+from speca_compile.runtime.onnx_cpu_rewrites import rewrite_target
 from speca_compile.runtime.onnx_export import EXPORT_VERSION, export_segment, input_names
 from speca_compile.runtime.segment_io import (BakedValuesMemo, SegmentIO, analyze_segment, baked_values, merge_outputs,
                                               tensor_values)
@@ -63,8 +64,8 @@ def export_identity(io_spec: SegmentIO, values: Sequence, options: Options) -> L
     import onnx
     import onnxruntime
 
-    return [EXPORT_VERSION, options.precision, torch.__version__, onnx.__version__, onnxruntime.__version__,
-            cache_key("baked", repr(baked_values(io_spec, values)))]
+    return [EXPORT_VERSION, options.precision, rewrite_target(values), torch.__version__,
+            onnx.__version__, onnxruntime.__version__, cache_key("baked", repr(baked_values(io_spec, values)))]
 
 
 def onnx_cache_key(segment: Segment, io_spec: SegmentIO, values: Sequence, options: Options,
@@ -155,7 +156,8 @@ class OnnxRuntimeEngine(Engine):
         io_spec = io_spec if io_spec is not None else analyze_segment(self.segment, inputs)
         key = key if key is not None else onnx_cache_key(self.segment, io_spec, inputs, self.options)
         path, event = self.cache.fetch(
-            key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p, self.options.precision))
+            key, ".onnx", lambda p: export_segment(self.segment, io_spec, inputs, p, self.options.precision,
+                                     rewrite_target(inputs)))
         return path, io_spec, key, event
 
     def _build(self, inputs: Sequence) -> _Variant:
