@@ -48,10 +48,10 @@ def main() -> None:
     exports = []
     real_export = onnxruntime_engine.export_segment
 
-    def counted_export(segment, io_spec, values, path, *args, **kwargs):
+    def counted_export(segment, io_spec, values, path, *rest, **kwargs):
         exports.append(str(path))
         say(exporting=str(path))
-        real_export(segment, io_spec, values, path, *args, **kwargs)
+        real_export(segment, io_spec, values, path, *rest, **kwargs)
         if args.hang:
             time.sleep(600)
 
