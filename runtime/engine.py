@@ -182,12 +182,21 @@ def resolve_lowering(options: Options, example_inputs: Sequence) -> Tuple[Option
 
 def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optional[str]]:
     if options.lowering != "auto":
-        return options.replace(on_lowering_error=options.on_lowering_error or "raise"), None
+        return options.replace(on_lowering_error=options.on_lowering_error or "raise",
+                               engine_choice=options.engine_choice or "lowering"), None
     # under "auto" a segment ONNX cannot export runs eagerly, with a warning and "fallback" in stats
     options = options.replace(on_lowering_error=options.on_lowering_error or "eager")
     devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
     lowering, note = auto_lowering(devices, options.precision)
-    return options.replace(lowering=lowering), note
+    choice = options.engine_choice
+    if choice is None:
+        choice = "measure" if lowering == "onnxruntime" and devices <= {"cpu"} and options.precision == "fp32" \
+            else "lowering"
+        if choice == "measure":
+            note += "; each segment then runs on the faster of onnxruntime and eager, measured on its first calls"
+    if lowering == "eager":
+        choice = "lowering"
+    return options.replace(lowering=lowering, engine_choice=choice), note
 
 
 def auto_lowering(devices, precision: str = "fp32") -> Tuple[str, str]:
@@ -225,7 +234,12 @@ def lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:
     if options.lowering == "eager" and options.precision == "fp32":
         return engines
     segments = {seg.name: seg for seg in program.all_segments}
-    return {name: CheckedEngine(engine, segments[name], options) for name, engine in engines.items()}
+    checked = {name: CheckedEngine(engine, segments[name], options) for name, engine in engines.items()}
+    if options.engine_choice != "measure":
+        return checked
+    from speca_compile.runtime.engine_choice import against_eager
+
+    return against_eager(checked, segments)
 
 
 def _lower(program: SpeculativeProgram, options: Options) -> Dict[str, Engine]:

@@ -23,6 +23,9 @@ ON_LOWERING_ERROR = ("raise", "eager")
 LOWERINGS = ("auto", "eager", "onnxruntime", "inductor", "tensorrt")
 PLANNED_LOWERINGS = ()
 PRECISIONS = ("fp32", "fp16", "bf16")
+# "measure": each segment on the faster of its lowering and eager, timed on its first calls
+# (runtime/engine_choice.py); "lowering": every segment on the lowering
+ENGINE_CHOICES = ("measure", "lowering")
 HALF_PRECISION_LOWERINGS = ("onnxruntime", "tensorrt")   # fp16 is set in their ONNX graphs
 BF16_LOWERINGS = ("eager", "inductor")   # bf16 casts around the segment's graph (runtime/precision.py)
 # the feature cache's storage dtype; None: the dtype of the features it is given.  No "fp16": the
@@ -75,6 +78,9 @@ class Options:
     # "auto": ONNX Runtime where it can run on the inputs' device (always on the CPU; on a GPU
     # with onnxruntime-gpu's CUDA provider), else eager; the backend resolves it per graph
     lowering: str = "auto"
+    # None: "measure" where lowering="auto" resolves to ONNX Runtime on the CPU at fp32 (the
+    # small per-step segments often run faster as PyTorch calls there), else "lowering"
+    engine_choice: Optional[str] = None
     # "fp16": the ONNX graphs compute in float16 (onnxruntime, tensorrt); "bf16": the segments
     # compute in bfloat16 around casts (eager, inductor; runtime/precision.py); the runtime around
     # them (cache, forecasts, verification, sampler) keeps the model's dtype either way
@@ -163,6 +169,13 @@ class Options:
             )
         _check_choice("lowering", self.lowering, LOWERINGS)
         _check_choice("precision", self.precision, PRECISIONS)
+        if self.engine_choice is not None:
+            _check_choice("engine_choice", self.engine_choice, ENGINE_CHOICES)
+        if self.engine_choice == "measure" and (self.lowering == "eager" or self.precision != "fp32"):
+            raise OptionsError(
+                f"option 'engine_choice' 'measure' races a lowering against eager at fp32; it got "
+                f"lowering {self.lowering!r}, precision {self.precision!r} (use lowering 'auto', "
+                "'onnxruntime', 'inductor' or 'tensorrt' at precision 'fp32', or engine_choice 'lowering')")
         check_precision(self)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         if self.fuse_steps is not None:

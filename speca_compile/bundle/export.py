@@ -37,7 +37,7 @@ from speca_compile.runtime.onnx_files import copy_onnx
 
 MANIFEST = "manifest.json"
 EXAMPLE_INPUTS = "example_inputs.pt"
-_NOT_OPTIONS = ("lowering", "cache_dir", "progress", "on_lowering_error", "generation_key")
+_NOT_OPTIONS = ("lowering", "engine_choice", "cache_dir", "progress", "on_lowering_error", "generation_key")
 
 
 def export(model: torch.nn.Module, example_inputs, out_dir, options: Optional[Mapping[str, Any]] = None,
