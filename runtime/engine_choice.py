@@ -12,11 +12,9 @@ the two tie on the verify block; inside one the eager lowering's checks took
 "Speculation policy").  Which side wins depends on the model's size, the
 batch and the machine, so it is measured, not assumed.
 
-``MeasuredChoice`` wraps one segment's lowered engine (in process a
-``CheckedEngine``: its first call builds and is checked against eager) and an
-alternative that computes the same: the eager segment (``against_eager``), or
-in a loaded bundle the same ONNX file in a session of one thread
-(``bundle/load.py``).  After the lowered engine's first call, the next
+``MeasuredChoice`` wraps one segment's lowered engine (a ``CheckedEngine``:
+its first call builds and is checked against eager) and an alternative that
+computes the same, here the eager segment (``against_eager``).  After the lowered engine's first call, the next
 ``trials`` calls run both engines on the same inputs, in alternating order
 (each sees what ran before it in the trajectory half the time), each timed;
 those calls return the lowered engine's outputs, as they would without the
@@ -25,13 +23,17 @@ of its per-call time ratios to the lowering is under 1 (a ratio per call: trial 
 differ in size, sub-batches of a step), else on the lowering (ties keep it).  A trial call in which the lowered
 engine built a new variant (an export, a session) is not counted.  Both
 candidates agree with eager within the lowering's checked bound, so the choice
-changes numbers only by that much (a bundle's two sessions of one file give the
-same bits, ``tests/test_engine_choice.py``); ``stats`` reports it per segment
+changes numbers only by that much (``trial_rel_diff`` in ``stats``: the largest
+relative L2 between the two on the trial calls); ``stats`` reports it per segment
 (``chosen``, ``trial_ms``).
 
 Used where ``engine_choice="measure"`` (the default under ``lowering="auto"``
-on the CPU; a named lowering runs every segment on it), and by loaded bundles
-on the CPU for every segment but the block stack (``bundle/load.py``).
+on the CPU; a named lowering runs every segment on it).  Not in loaded bundles:
+they hold no eager segments, and racing a one-thread session of each small
+segment against the default one gave no measurable serving gain
+(``examples/serve_tick_profile.py`` style A/B, dit_digits stride 16, 2026-12-08:
+speculative tick medians 12.8 vs 12.3 ms inside the host's noise; the two
+sessions gave the same bits).
 """
 
 from __future__ import annotations

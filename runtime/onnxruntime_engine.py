@@ -243,10 +243,10 @@ def cuda_provider_available() -> bool:
 SPIN_DURING_RUN = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 
 
-def make_session(path, on_gpu: bool, what: str, threads: Optional[int] = None):
+def make_session(path, on_gpu: bool, what: str):
     """An ONNX Runtime session for ``path`` with the options every speca engine uses.
 
-    Its intra-op pool has ``threads`` threads (default: torch's thread count), and its workers spin between the parallel
+    Its intra-op pool has torch's thread count, and its workers spin between the parallel
     ops of a run but stop the moment the run returns (``SPIN_DURING_RUN``).  Both halves
     are measured (``examples/ort_threads_ab.py``: 2 cores, one process, interleaved
     trajectories of 25 images, 50 steps).  Pools that sleep between ops pay a wake-up per
@@ -260,7 +260,7 @@ def make_session(path, on_gpu: bool, what: str, threads: Optional[int] = None):
     ort = import_onnxruntime()
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session_options.intra_op_num_threads = threads or torch.get_num_threads()
+    session_options.intra_op_num_threads = torch.get_num_threads()
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3
     for key, value in SPIN_DURING_RUN.items():

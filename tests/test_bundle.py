@@ -164,11 +164,8 @@ def test_every_session_spins_during_its_runs_only(exported):
     """make_session's threading (measured in its docstring), for a loaded bundle's sessions too."""
     _, path, _, _ = exported
     for engine in speca_compile.load(path).runner.engines.values():
-        # a segment raced against a one-thread session of its file (engine_choice): both
-        for one in (engine, getattr(engine, "alternative", None)):
-            if one is not None:
-                options = one.session.get_session_options()
-                assert {k: options.get_session_config_entry(k) for k in SPIN_DURING_RUN} == SPIN_DURING_RUN
+        options = engine.session.get_session_options()
+        assert {k: options.get_session_config_entry(k) for k in SPIN_DURING_RUN} == SPIN_DURING_RUN
 
 
 def test_interrupted_export_leaves_the_target_untouched(exported, tmp_path, monkeypatch):

@@ -175,6 +175,7 @@ def test_auto_chooses_per_segment_and_agrees_with_eager(tmp_path):
     for e in engines.values():   # the full steps' stack may still be on trial: never more than TRIALS
         times = e["trial_ms"]
         assert len(times["onnxruntime"]) == len(times["eager"]) <= TRIALS
+        assert e["trial_rel_diff"] < 1e-4   # the two agree within the checked bound on every trial
         assert ("chosen" in e) == (len(times["eager"]) == TRIALS)
     named = torch.compile(z.model, backend="speca",
                           options={"lowering": "onnxruntime", "tau0": 0.3, "cache_dir": str(tmp_path)})
@@ -182,37 +183,3 @@ def test_auto_chooses_per_segment_and_agrees_with_eager(tmp_path):
     for e in speca_compile.stats(named)["per_graph"][-1]["engines"]:
         assert "chosen" not in e and "trial_ms" not in e
 
-
-@pytest.mark.skipif(torch.get_num_threads() < 2, reason="a one-thread session is raced only where torch has several")
-@pytest.mark.parametrize("name", ["dit_digits", "flux_digits"])
-def test_a_loaded_bundle_races_one_thread_sessions_that_give_the_same_bits(reference_bundles, name):
-    """On the CPU every bundle segment but the block stack also has a session of one thread
-    (bundle/load.py ``_races_threads``); served requests decide which runs, and the two
-    sessions of one file agree bit for bit, so the choice changes no number."""
-    from speca_compile.serve.protocol import parse_generate
-    from speca_compile.serve.step_loop import StepLoop
-
-    _, path, _, _ = reference_bundles.get(name)
-    model = speca_compile.load(path)
-    engines = model.runner.engines
-    stack = model.manifest.stack
-    assert not isinstance(engines[stack], MeasuredChoice)
-    raced = {name: e for name, e in engines.items() if name != stack}
-    assert raced and all(isinstance(e, MeasuredChoice) for e in raced.values())
-    for engine in raced.values():
-        assert engine.alternative.session.get_session_options().intra_op_num_threads == 1
-        assert engine.lowered.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
-    loop = StepLoop(model, max_batch=4)
-    example = model.by_key(*model.example_inputs())
-    futures = [loop.submit(parse_generate({"inputs": {c.key: example[c.key][i].tolist() for c in loop.spec.conditions},
-                                           "seed": i, "steps": 20, "guidance_scale": 1.5}, loop.spec))
-               for i in range(3)]
-    while not all(f.done() for f in futures):
-        loop.tick()
-    assert all(f.result().latent.isfinite().all() for f in futures)
-    by_segment = {e["segment"]: e for e in model.stats()["engines"]}
-    for name in raced:
-        info = by_segment[name]
-        assert info["chosen"] in ("onnxruntime (bundle)", "onnxruntime (bundle, 1 thread)")
-        assert info["trial_rel_diff"] == 0.0, (name, info)
-    assert "chosen" not in by_segment[stack]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -24,7 +24,6 @@ from speca_compile.passes.find_blocks import BlockPlan
 from speca_compile.passes.partition import Segment, SpeculativeProgram, ValueRef, unit_segment_name
 from speca_compile.runtime.engine import Engine
 from speca_compile.runtime.engine_cache import file_digest
-from speca_compile.runtime.engine_choice import MeasuredChoice
 from speca_compile.runtime.onnxruntime_engine import make_session, run_session
 from speca_compile.runtime.runner import Runner
 
@@ -91,11 +90,9 @@ class BundleEngine(Engine):
 
     name = "onnxruntime (bundle)"
 
-    def __init__(self, decl: mf.SegmentDecl, session, name: Optional[str] = None):
+    def __init__(self, decl: mf.SegmentDecl, session):
         self.decl = decl
         self.session = session
-        if name is not None:
-            self.name = name
         self.output_names = [o.name for o in session.get_outputs()]
         # the check against eager it passed at export (``checked_at_export``: None in older bundles);
         # a loaded bundle has no eager segment to compare with, the files' sha256 ties them to it
@@ -122,12 +119,8 @@ class BundleModel:
         on_gpu = device.type == "cuda"
         engines: Dict[str, Engine] = {}
         for decl in manifest.segments:
-            what = f"bundle segment {decl.name!r}"
-            engines[decl.name] = BundleEngine(decl, make_session(path / decl.file, on_gpu, what))
-            if _races_threads(decl, manifest, on_gpu):
-                single = BundleEngine(decl, make_session(path / decl.file, on_gpu, what, threads=1),
-                                      name="onnxruntime (bundle, 1 thread)")
-                engines[decl.name] = MeasuredChoice(engines[decl.name], single)
+            session = make_session(path / decl.file, on_gpu, f"bundle segment {decl.name!r}")
+            engines[decl.name] = BundleEngine(decl, session)
         declared = {d.name: Segment(d.name, None, d.inputs, d.outputs) for d in manifest.segments}
         if manifest.cuts:   # blocks the runtime never runs alone are not in the bundle
             names = (["prologue"] + [unit_segment_name(i, u) for i, u in enumerate(manifest.units)]
@@ -213,18 +206,6 @@ class BundleModel:
 
     def reset(self) -> None:
         self.runner.reset()
-
-
-def _races_threads(decl: mf.SegmentDecl, manifest: mf.Manifest, on_gpu: bool) -> bool:
-    """Whether segment ``decl`` runs on the faster of a session of torch's thread count and one
-    of a single thread (``runtime/engine_choice.py``).  On the CPU with several threads, for
-    every segment but the block stack.  Why: the per-step segments are short calls that start
-    right after the runtime's torch ops, whose OpenMP workers still spin on the cores a second
-    ONNX Runtime thread needs (dit_digits at 50 rows, each call right after a forecast-sized
-    torch op: prologue 0.88 ms with 2 threads, 0.52 ms with 1; verify block 13.7 vs 10.4 ms).
-    Not the stack: one long call where every thread pays (83.6 vs 100.8 ms), and a second
-    session of it would hold a second copy of most of the model's weights."""
-    return not on_gpu and torch.get_num_threads() > 1 and decl.name != manifest.stack
 
 
 def format_shape(shape) -> str:
