@@ -55,7 +55,7 @@ def test_the_cuda_plan_lists_issue_18s_rows(monkeypatch):
 
 
 def test_cuda_lowering_defaults_and_tensorrt(monkeypatch):
-    assert methods_mod.default_lowerings("cpu") == ("eager", "onnxruntime") == cli.LOWERINGS
+    assert methods_mod.default_lowerings("cpu") == ("eager", "auto") == cli.LOWERINGS   # auto: the backend's default
     monkeypatch.setattr(methods_mod, "tensorrt_importable", lambda: False)
     assert methods_mod.default_lowerings("cuda") == methods_mod.default_lowerings("cuda:1") == ("eager", "inductor")
     monkeypatch.setattr(methods_mod, "tensorrt_importable", lambda: True)

@@ -26,13 +26,13 @@ from speca_compile.errors import OptionsError
 from speca_compile.options import Options
 
 # The speca lowerings of the bench (``--lowerings``) and each device's default rows.  On the CPU:
-# the eager lowering and ONNX Runtime (inductor on request: cold compiles dominate short runs;
-# "auto", the backend's default, on request: ONNX Runtime with each segment raced against eager,
-# runtime/engine_choice.py).
+# the eager lowering and "auto", the backend's default (ONNX Runtime with each segment raced
+# against eager, runtime/engine_choice.py); ONNX Runtime on every segment and inductor on request
+# (inductor: cold compiles dominate short runs).
 # On CUDA: eager and Inductor, plus TensorRT where it is importable; ONNX Runtime on request
 # (it needs onnxruntime-gpu's CUDA provider there).
-CPU_LOWERINGS = ("eager", "onnxruntime")
-CPU_EXTRA_LOWERINGS = ("inductor", "auto")
+CPU_LOWERINGS = ("eager", "auto")
+CPU_EXTRA_LOWERINGS = ("onnxruntime", "inductor")
 CUDA_LOWERINGS = ("eager", "inductor")
 CUDA_EXTRA_LOWERINGS = ("onnxruntime", "tensorrt")
 # lowerings whose precision lives in ONNX graphs: fp32 or fp16, never bf16 (ONNX Runtime's Python

@@ -53,7 +53,7 @@ class BenchConfig:
     batch: int = 25
     repeats: int = 3
     taus: Sequence = ()                        # numbers or "auto"; empty: each policy's own list
-    lowerings: Sequence[str] = ("eager", "onnxruntime")
+    lowerings: Sequence[str] = ("eager", "auto")
     # speca rows for each: "budget" (the default policy) and "step" (SpeCa's per-step rule with
     # its former settings; bench/methods.py STEP_POLICY)
     acceptances: Sequence[str] = ("budget", "step")
