@@ -78,8 +78,9 @@ class Options:
     # "auto": ONNX Runtime where it can run on the inputs' device (always on the CPU; on a GPU
     # with onnxruntime-gpu's CUDA provider), else eager; the backend resolves it per graph
     lowering: str = "auto"
-    # None: "measure" where lowering="auto" resolves to ONNX Runtime on the CPU at fp32 (the
-    # small per-step segments often run faster as PyTorch calls there), else "lowering"
+    # None: "measure" where lowering="auto" resolves to ONNX Runtime on the CPU at fp32 and the
+    # model speculates (the small per-step segments often run faster as PyTorch calls there),
+    # else "lowering"
     engine_choice: Optional[str] = None
     # "fp16": the ONNX graphs compute in float16 (onnxruntime, tensorrt); "bf16": the segments
     # compute in bfloat16 around casts (eager, inductor; runtime/precision.py); the runtime around

@@ -154,6 +154,8 @@ def test_auto_measures_on_the_cpu_and_a_named_lowering_does_not():
     assert asked.engine_choice == "measure"
     opted_out, _ = resolve_lowering(Options.parse({"engine_choice": "lowering"}), x)
     assert opted_out.engine_choice == "lowering"
+    full_path, _ = resolve_lowering(Options.parse({"speculate": False}), x)   # back-to-back segments
+    assert (full_path.lowering, full_path.engine_choice) == ("onnxruntime", "lowering")
 
 
 def test_auto_chooses_per_segment_and_agrees_with_eager(tmp_path):

@@ -18,13 +18,17 @@ def test_auto_lowering_is_onnxruntime_on_the_cpu_and_says_so_elsewhere():
 
     opts = Options.parse(None)
     cpu, note = resolve_lowering(opts, [torch.zeros(2), 3])
-    assert cpu.lowering == "onnxruntime" and note == "lowering 'auto': onnxruntime (inputs on the cpu)"
+    assert cpu.lowering == "onnxruntime" and note == (
+        "lowering 'auto': onnxruntime (inputs on the cpu); each segment then runs on the faster of "
+        "onnxruntime and eager, measured on its first calls")
+    assert cpu.engine_choice == "measure"
     assert cpu.on_lowering_error == "eager"       # auto: a segment that cannot export runs eagerly (warned)
     # a device onnxruntime has no provider for (meta stands in for a GPU without onnxruntime-gpu)
     other, note = resolve_lowering(opts, [torch.zeros(2, device="meta")])
     assert other.lowering == "eager" and "inputs on meta" in note
     explicit = Options.parse({"lowering": "onnxruntime"})
-    assert resolve_lowering(explicit, [torch.zeros(2)]) == (explicit.replace(on_lowering_error="raise"), None)
+    assert resolve_lowering(explicit, [torch.zeros(2)]) == (
+        explicit.replace(on_lowering_error="raise", engine_choice="lowering"), None)
     chosen = Options.parse({"on_lowering_error": "raise"})
     assert resolve_lowering(chosen, [torch.zeros(2)])[0].on_lowering_error == "raise"
 
@@ -49,7 +53,7 @@ def test_default_compile_runs_onnxruntime_engines_and_reports_why():
         ref = model(x, t, y)
     stats = speca_compile.registry.runners_for(compiled)[0].stats()
     assert stats["lowering"] == "onnxruntime"
-    assert "lowering 'auto': onnxruntime (inputs on the cpu)" in stats["notes"]
+    assert any(n.startswith("lowering 'auto': onnxruntime (inputs on the cpu)") for n in stats["notes"])
     assert stats["engines"] and all(e.get("cache") for e in stats["engines"])
     assert not any("fallback" in e for e in stats["engines"])
     assert float((out - ref).norm() / ref.norm()) < 1e-4
