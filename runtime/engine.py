@@ -50,7 +50,24 @@ class Engine:
         vars(self).setdefault("_verdicts", {})[key] = verdict
 
 
-class CheckedEngine(Engine):
+class WrappingEngine(Engine):
+    """An engine that runs another (``wrapped``, the name of the attribute holding it): what
+    the wrapper lacks is the wrapped engine's, its name included (bundle export reads an ONNX
+    Runtime engine's variants through the wrappers)."""
+
+    wrapped = "engine"
+
+    def __getattr__(self, name):
+        if name == type(self).wrapped:   # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(getattr(self, type(self).wrapped), name)
+
+    @property
+    def name(self):
+        return getattr(self, type(self).wrapped).name
+
+
+class CheckedEngine(WrappingEngine):
     """Runs a lowered engine, checked against the eager segment on each variant's first call.
 
     No engine runs unchecked (engine_check): the first call on each variant the engine
@@ -84,15 +101,6 @@ class CheckedEngine(Engine):
         self.verdicts: Dict[Hashable, Verdict] = {}   # the latest per variant key, for stats
         self._settled = None   # the build count at which every variant built had passed
         self._switch_lock = threading.Lock()
-
-    def __getattr__(self, name):
-        if name == "engine":   # not set yet (a copy being made): no recursion
-            raise AttributeError(name)
-        return getattr(self.engine, name)
-
-    @property
-    def name(self):
-        return self.engine.name
 
     def built(self) -> bool:
         return self.engine.built()   # after a fallback, the eager engine: nothing to build
