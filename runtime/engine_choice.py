@@ -142,7 +142,10 @@ class MeasuredChoice(WrappingEngine):
         faster = bool(self.times["lowered"]) and self.alternative_ratio() < 1
         self.chosen = self.alternative if faster else self.lowered
         if cache is not None and self.times["lowered"]:
-            cache.write_text(key, ".choice", "alternative" if faster else "lowered")
+            try:
+                cache.write_text(key, ".choice", "alternative" if faster else "lowered")
+            except OSError:   # a cache that cannot be written: the next compile measures again
+                pass
         return last["alternative" if faster else "lowered"]
 
     def _memory(self, inputs: Sequence):
