@@ -205,7 +205,7 @@ def _resolve(options: Options, example_inputs: Sequence) -> Tuple[Options, Optio
         choice = "measure" if (lowering == "onnxruntime" and devices <= {"cpu"} and options.precision == "fp32"
                                and options.speculate) else "lowering"
         if choice == "measure":
-            note += "; each segment then runs on the faster of onnxruntime and eager, measured on its first calls"
+            note += "; each segment then runs on the faster of onnxruntime and eager, measured on its first call"
     if lowering == "eager":
         choice = "lowering"
     return options.replace(lowering=lowering, engine_choice=choice), note

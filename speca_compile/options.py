@@ -23,7 +23,7 @@ ON_LOWERING_ERROR = ("raise", "eager")
 LOWERINGS = ("auto", "eager", "onnxruntime", "inductor", "tensorrt")
 PLANNED_LOWERINGS = ()
 PRECISIONS = ("fp32", "fp16", "bf16")
-# "measure": each segment on the faster of its lowering and eager, timed on its first calls
+# "measure": each segment on the faster of its lowering and eager, timed on its first call
 # (runtime/engine_choice.py); "lowering": every segment on the lowering
 ENGINE_CHOICES = ("measure", "lowering")
 HALF_PRECISION_LOWERINGS = ("onnxruntime", "tensorrt")   # fp16 is set in their ONNX graphs

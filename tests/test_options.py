@@ -20,7 +20,7 @@ def test_auto_lowering_is_onnxruntime_on_the_cpu_and_says_so_elsewhere():
     cpu, note = resolve_lowering(opts, [torch.zeros(2), 3])
     assert cpu.lowering == "onnxruntime" and note == (
         "lowering 'auto': onnxruntime (inputs on the cpu); each segment then runs on the faster of "
-        "onnxruntime and eager, measured on its first calls")
+        "onnxruntime and eager, measured on its first call")
     assert cpu.engine_choice == "measure"
     assert cpu.on_lowering_error == "eager"       # auto: a segment that cannot export runs eagerly (warned)
     # a device onnxruntime has no provider for (meta stands in for a GPU without onnxruntime-gpu)
